@@ -1,0 +1,3 @@
+from lacquer.cli import main
+
+raise SystemExit(main())

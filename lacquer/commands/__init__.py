@@ -1,0 +1,1 @@
+"""Subcommands. Each module exposes ``add_parser(subparsers)`` and ``run(args) -> int``."""

@@ -1,0 +1,1 @@
+"""Differentiable DSP kernels: plain functions over tensors shaped [batch, channels, samples]."""
