@@ -18,6 +18,7 @@ from mastering.errors import LacquerError
 #: Subcommand name -> module under ``lacquer.commands``.
 COMMANDS: dict[str, str] = {
     "analyze": "analyze",
+    "master": "master",
 }
 
 

@@ -1,0 +1,189 @@
+"""``lacquer master INPUT... -o OUT``: master files on this machine (no Ray).
+
+Inputs are files, folders (searched for audio files) and glob patterns. Each output keeps
+the input's stem. One line per file with before -> after measurements; ``--report`` writes
+every file's full JSON report, ``--params-out`` the parameters used, ``--plot`` a PNG.
+The exit code is 1 when any file failed; the others still complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mastering.errors import InvalidParameterError, LacquerError
+
+AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".aifc", ".mp3"}
+
+
+def add_conditioning_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags shared by ``master``, ``render`` and friends."""
+    p.add_argument("--genre", help="genre (see GET /v1/presets or the error listing them)")
+    p.add_argument("--tempo", type=float, help="tempo in BPM (default: estimated)")
+    p.add_argument("--energy", type=float, help="energy 0..1 (default: estimated)")
+    p.add_argument("--vocal-ratio", type=float, help="vocal/instrument ratio 0..1")
+    p.add_argument("--style", help='style phrase, e.g. "aggressive rock"')
+    p.add_argument("--emotion", help="grief, rage, hope, calm or joy")
+    p.add_argument("--rule-break", nargs="+", default=[], metavar="NAME", help="rule-breaks")
+    p.add_argument("--target-lufs", type=float, default=-14.0, help="loudness target, LUFS")
+    p.add_argument("--ceiling-dbtp", type=float, default=-1.0, help="true-peak ceiling, dBTP")
+    p.add_argument("--format", default="wav24", help="wav16|wav24|wav32f|flac16|flac24")
+    p.add_argument("--out-rate", type=int, help="output sample rate, Hz (default: the source's)")
+    p.add_argument("--bypass", nargs="+", default=[], metavar="STAGE", help="stages to skip")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="STAGE.PARAM=VALUE",
+        help="override a parameter, e.g. --set limiter.drive_db=3 (repeatable)",
+    )
+
+
+def options_from_args(args: argparse.Namespace):
+    from mastering.conditioning import Conditioning
+    from mastering.render import MasterOptions
+
+    return MasterOptions(
+        conditioning=Conditioning(
+            genre=args.genre,
+            tempo_bpm=args.tempo,
+            energy=args.energy,
+            vocal_ratio=args.vocal_ratio,
+            style=args.style,
+            emotion=args.emotion,
+            rule_breaks=tuple(args.rule_break),
+        ),
+        target_lufs=args.target_lufs,
+        ceiling_dbtp=args.ceiling_dbtp,
+        format=args.format,
+        out_rate=args.out_rate,
+        overrides=parse_overrides(args.set),
+        bypass=tuple(args.bypass),
+        device=getattr(args, "device", "cpu"),
+    ).validate()
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["limiter.drive_db=3", "eq.band_gain_db=1,0,0,..."]`` -> ``{stage: {param: value}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        stage, dot, param = key.partition(".")
+        if not sep or not dot:
+            raise InvalidParameterError(f"--set takes STAGE.PARAM=VALUE, got {item!r}")
+        try:
+            nums = [float(v) for v in value.split(",")]
+        except ValueError:
+            raise InvalidParameterError(f"--set {key}: {value!r} is not a number") from None
+        out.setdefault(stage, {})[param] = nums[0] if len(nums) == 1 else nums
+    return out
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, folders (recursively, audio extensions only) and globs -> sorted unique paths.
+    A pattern or path that matches nothing is kept, so it fails with a clear error."""
+    out: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            out += sorted(
+                p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
+            )
+        elif any(ch in item for ch in "*?[") and not path.exists():
+            out += sorted(Path(p) for p in glob.glob(item, recursive=True))
+        else:
+            out.append(path)
+    seen: set[Path] = set()
+    return [p for p in out if not (p in seen or seen.add(p))]
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("master", help="master audio files on this machine")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or globs")
+    p.add_argument("-o", "--out", default="mastered", help="output folder (default: mastered/)")
+    add_conditioning_arguments(p)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--params-out", help="write the parameters used (JSON) here")
+    p.add_argument("--report", help="write the full per-file report (JSON) here")
+    p.add_argument("--plot", help="write a PNG of before/after spectra and loudness here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _fmt(v: float | None, spec: str = "6.1f") -> str:
+    return " " * (len(format(0.0, spec)) - 3) + "n/a" if v is None else format(v, spec)
+
+
+def describe_line(report: dict[str, Any]) -> str:
+    """``name: I -20.1 -> -14.0 LUFS | LRA ... | TP ... | PLR ... | tilt ... | corr ...``."""
+    b, a = report["before"], report["after"]
+
+    def pair(key: str, unit: str, spec: str = "6.1f") -> str:
+        return f"{_fmt(b.get(key), spec)} -> {_fmt(a.get(key), spec)} {unit}"
+
+    return (
+        f"{Path(report['input']).name}: I {pair('integrated_lufs', 'LUFS')} | "
+        f"LRA {pair('lra_lu', 'LU', '4.1f')} | TP {pair('true_peak_dbtp', 'dBTP')} | "
+        f"PLR {pair('plr_db', 'dB', '4.1f')} | "
+        f"tilt {pair('spectral_tilt_db_oct', 'dB/oct', '5.2f')} | "
+        f"corr {pair('correlation', '', '5.2f')}"
+    )
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON to ``path`` via a temp file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from mastering.chain import Chain
+    from mastering.render import master_file
+
+    options = options_from_args(args)
+    files = expand_inputs(args.inputs)
+    if not files:
+        raise InvalidParameterError("no input files")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chain = Chain.pretrained(options.chain_config()).to(options.device)
+    reports, failures = [], []
+    bar = tqdm(files, unit="file", disable=args.no_progress or not sys.stderr.isatty())
+    for path in bar:
+        bar.set_description(path.name)
+        try:
+            report = master_file(chain, path, out_dir, options)
+        except LacquerError as exc:
+            failures.append({"input": str(path), "error": str(exc)})
+            tqdm.write(f"{path.name}: FAILED: {exc}", file=sys.stderr)
+            continue
+        reports.append(report)
+        tqdm.write(describe_line(report))
+    if args.report:
+        write_json_atomic(args.report, {"files": reports, "failures": failures})
+    if args.params_out:
+        write_json_atomic(args.params_out, {r["input"]: r["parameters"] for r in reports})
+    if args.plot and reports:
+        from lacquer.plots import plot_before_after
+
+        plot_before_after(
+            [Path(r["input"]) for r in reports], [Path(r["output"]) for r in reports], args.plot
+        )
+    print(f"{len(reports)} mastered, {len(failures)} failed -> {out_dir}", file=sys.stderr)
+    return 1 if failures else 0

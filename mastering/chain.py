@@ -1,0 +1,369 @@
+"""The mastering chain: seven stages composed, conditioned, reported, offline or streamed.
+
+Default order (configurable, any stage can be bypassed)::
+
+    eq -> compressor -> exciter -> imager -> reverb -> limiter -> master_out
+
+Why this order rather than the catalogue order (EQ, compressor, limiter, imager, reverb,
+exciter, master out): tonal balance first, so the compressor reacts to the corrected
+spectrum; the exciter after the compressor, to restore the highs compression dulls; spatial
+processing (imager, then ambience) on the glued mix; the limiter last among the learned stages,
+so width, reverb tails and added harmonics are all inside its true-peak ceiling; master out
+only trims the level to the loudness target, re-limiting at the same ceiling when needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mastering import features
+from mastering.conditioning import Conditioning, ConditioningBatch, ConditioningEncoder
+from mastering.dsp.biquad import highpass_sos
+from mastering.dsp.iir import sosfilt
+from mastering.errors import InvalidAudioError, InvalidParameterError
+from mastering.params import describe
+from mastering.stages.base import Params, Stage, StageContext
+
+DEFAULT_ORDER: tuple[str, ...] = (
+    "eq",
+    "compressor",
+    "exciter",
+    "imager",
+    "reverb",
+    "limiter",
+    "master_out",
+)
+#: Stage name -> "module:Class".
+STAGE_CLASSES: dict[str, str] = {
+    "eq": "mastering.stages.eq:EQ",
+    "compressor": "mastering.stages.compressor:Compressor",
+    "exciter": "mastering.stages.exciter:Exciter",
+    "imager": "mastering.stages.imager:Imager",
+    "reverb": "mastering.stages.reverb:Reverb",
+    "limiter": "mastering.stages.limiter:Limiter",
+    "master_out": "mastering.stages.master_out:MasterOut",
+}
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+#: DC blocker at the chain input: 2nd-order high-pass, Hz.
+DC_CUTOFF_HZ = 5.0
+
+
+def stage_class(name: str) -> type[Stage]:
+    if name not in STAGE_CLASSES:
+        raise InvalidParameterError(f"unknown stage {name!r}; valid: {', '.join(STAGE_CLASSES)}")
+    module, cls = STAGE_CLASSES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+@dataclass
+class ChainConfig:
+    """How the chain is put together.
+
+    Attributes:
+        order: stage names in processing order (a subset/permutation of :data:`DEFAULT_ORDER`).
+        bypass: stages skipped (their parameters are still reported as bypassed).
+        wet: per-stage wet/dry blend 0..1 (1 = fully processed).
+        mix: overall wet/dry blend 0..1 of everything before ``master_out``.
+        target_lufs: integrated loudness target, LUFS.
+        ceiling_dbtp: true-peak ceiling, dBTP.
+    """
+
+    order: tuple[str, ...] = DEFAULT_ORDER
+    bypass: tuple[str, ...] = ()
+    wet: dict[str, float] = field(default_factory=dict)
+    mix: float = 1.0
+    target_lufs: float = -14.0
+    ceiling_dbtp: float = -1.0
+
+    def validate(self) -> ChainConfig:
+        for name in (*self.order, *self.bypass, *self.wet):
+            stage_class(name)
+        if len(set(self.order)) != len(self.order):
+            raise InvalidParameterError("a stage appears twice in the chain order")
+        for name, w in {**self.wet, "mix": self.mix}.items():
+            if not 0.0 <= w <= 1.0:
+                raise InvalidParameterError(f"wet/dry of {name} must be within 0..1, got {w}")
+        if not -60.0 <= self.target_lufs <= 0.0:
+            raise InvalidParameterError(f"target {self.target_lufs} LUFS is outside -60..0")
+        if not -20.0 <= self.ceiling_dbtp <= 0.0:
+            raise InvalidParameterError(f"ceiling {self.ceiling_dbtp} dBTP is outside -20..0")
+        return self
+
+
+@dataclass
+class ChainOutput:
+    """Result of :meth:`Chain.forward`.
+
+    Attributes:
+        audio: master ``[batch, 2, samples]``.
+        params: stage name -> its parameters (batched tensors, physical units).
+        cond: the conditioning used.
+        info: stage name -> extra per-song facts a stage reports (e.g. master out's status).
+    """
+
+    audio: Tensor
+    params: dict[str, Params]
+    cond: ConditioningBatch
+    info: dict[str, list[dict[str, Any]]]
+    config: ChainConfig
+
+    def parameters_json(self, index: int, stages: Mapping[str, Stage]) -> dict[str, Any]:
+        """Human-readable parameters of song ``index``: ``{stage: {param: {value, unit}}}``."""
+        out: dict[str, Any] = {}
+        for name, params in self.params.items():
+            stage = stages[name]
+            out[name] = {
+                "bypassed": name in self.config.bypass,
+                "wet": self.config.wet.get(name, 1.0),
+                "latency_samples": stage.latency(
+                    {k: v[index : index + 1] for k, v in params.items()}
+                ),
+                **{s.name: describe(s, params[s.name][index]) for s in stage.specs},
+            }
+            if name in self.info:
+                out[name]["info"] = self.info[name][index]
+        return out
+
+
+def check_audio(x: Tensor) -> None:
+    """Raise :class:`InvalidAudioError` unless ``x`` is ``[batch, 2, samples]`` and finite."""
+    if x.dim() != 3 or x.shape[1] != 2:
+        raise InvalidAudioError(f"expected audio shaped [batch, 2, samples], got {list(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise InvalidAudioError("audio contains NaN or Inf samples")
+
+
+class Chain(nn.Module):
+    """The seven-stage chain. ``chain(audio, conditioning)`` -> :class:`ChainOutput`.
+
+    Deterministic (no randomness at inference), differentiable end to end with respect to the
+    audio, the conditioning embedding and every controller weight.
+    """
+
+    def __init__(self, config: ChainConfig | None = None):
+        super().__init__()
+        self.config = (config or ChainConfig()).validate()
+        self.encoder = ConditioningEncoder()
+        self.stages = nn.ModuleDict({name: stage_class(name)() for name in DEFAULT_ORDER})
+        self.stages["master_out"].configure(
+            target_lufs=self.config.target_lufs, ceiling_dbtp=self.config.ceiling_dbtp
+        )
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def pretrained(cls, config: ChainConfig | None = None, weights: Path | None = None) -> Chain:
+        """A chain with the shipped weights (``mastering/weights/chain.safetensors``) when they
+        exist; otherwise the untrained chain, whose analytic priors already master sensibly."""
+        chain = cls(config)
+        path = weights or WEIGHTS_DIR / "chain.safetensors"
+        if Path(path).exists():
+            from safetensors.torch import load_file
+
+            chain.load_state_dict(load_file(str(path)), strict=False)
+        return chain.eval()
+
+    # -- conditioning -----------------------------------------------------------------------
+    def condition(self, x: Tensor, items: Sequence[Conditioning]) -> ConditioningBatch:
+        """Validate ``items`` (one per song), estimate what they leave open, encode."""
+        if len(items) != x.shape[0]:
+            raise InvalidParameterError(f"{len(items)} conditionings for {x.shape[0]} songs")
+        for c in items:
+            c.validate()
+
+        def resolve(attr: str, estimate) -> Tensor:
+            given = [getattr(c, attr) for c in items]
+            if all(v is not None for v in given):
+                return torch.tensor(given, dtype=torch.float32, device=x.device)
+            est = estimate(x.detach()).float()
+            return torch.tensor(
+                [float(e) if v is None else v for v, e in zip(given, est, strict=True)],
+                device=x.device,
+            )
+
+        return self.encoder(
+            items,
+            tempo_bpm=resolve("tempo_bpm", features.estimate_tempo),
+            energy=resolve("energy", features.estimate_energy),
+            vocal_ratio=resolve("vocal_ratio", features.estimate_vocal_ratio),
+        )
+
+    # -- offline ----------------------------------------------------------------------------
+    def forward(
+        self,
+        x: Tensor,
+        conditioning: Conditioning | Sequence[Conditioning] | ConditioningBatch,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> ChainOutput:
+        """Master ``x [batch, 2, samples]`` (48 kHz).
+
+        Args:
+            conditioning: one per song (a single one is used for the whole batch), or an
+                already encoded batch.
+            overrides: ``{stage: {param: value}}`` in physical units; replace predictions.
+        """
+        check_audio(x)
+        cond = self._as_batch(x, conditioning)
+        ctx = StageContext(cond=cond)
+        overrides = dict(overrides or {})
+        for name in overrides:
+            stage_class(name)
+        y, _ = remove_dc(x)
+        dry = y
+        params: dict[str, Params] = {}
+        info: dict[str, list[dict[str, Any]]] = {}
+        for name in self.config.order:
+            stage = self.stages[name]
+            if name == "master_out":
+                y = self._blend(dry, y, self.config.mix)
+            if name in self.config.bypass:
+                params[name] = stage.predict(y, ctx, overrides.get(name))
+                continue
+            p = stage.predict(y, ctx, overrides.get(name))
+            params[name] = p
+            out = run_aligned(stage, y, p)
+            y = self._blend(y, out, self.config.wet.get(name, 1.0))
+            if hasattr(stage, "report"):
+                info[name] = stage.report(p)
+        return ChainOutput(audio=y, params=params, cond=cond, info=info, config=self.config)
+
+    def _as_batch(self, x: Tensor, conditioning) -> ConditioningBatch:
+        if isinstance(conditioning, ConditioningBatch):
+            return conditioning
+        if isinstance(conditioning, Conditioning):
+            conditioning = [conditioning] * x.shape[0]
+        return self.condition(x, list(conditioning))
+
+    @staticmethod
+    def _blend(dry: Tensor, wet_signal: Tensor, wet: float) -> Tensor:
+        return wet_signal if wet >= 1.0 else wet * wet_signal + (1.0 - wet) * dry
+
+    # -- streaming --------------------------------------------------------------------------
+    def stream(self, blocks: Iterable[Tensor], params: Mapping[str, Params]) -> Iterator[Tensor]:
+        """Render consecutive blocks ``[batch, 2, n]`` with parameters fixed by an analysis
+        pass (``chain(x, ...).params``), carrying every stage's state between blocks.
+
+        Each stage's look-ahead is compensated inside the stream (its first ``latency``
+        output samples are dropped and it is flushed with zeros at the end), so the
+        concatenated output equals the offline master. The stream as a whole lags its input
+        by :meth:`latency` samples; blocks come out as soon as every stage has produced them.
+        """
+        streams = [
+            _StageStream(self.stages[n], params[n], self.config.wet.get(n, 1.0))
+            for n in self.config.order
+            if n not in self.config.bypass and n != "master_out"
+        ]
+        if self.config.mix < 1.0:
+            raise InvalidParameterError("streaming renders with mix = 1 only")
+        master = (
+            None
+            if "master_out" in self.config.bypass or "master_out" not in self.config.order
+            else _StageStream(self.stages["master_out"], params["master_out"], 1.0)
+        )
+        dc_state = None
+        for block in blocks:
+            check_audio(block)
+            x, dc_state = remove_dc(block, dc_state)
+            out = self._stream_block(streams, master, x)
+            if out.shape[-1]:
+                yield out
+        tail = self._stream_flush(streams, master)
+        if tail is not None and tail.shape[-1]:
+            yield tail
+
+    @staticmethod
+    def _stream_block(streams, master, x: Tensor) -> Tensor:
+        for s in streams:
+            x = s.push(x)
+        return x if master is None else master.push(x)
+
+    @staticmethod
+    def _stream_flush(streams, master) -> Tensor:
+        """Flush every stage in order: what one stage still holds goes through the next."""
+        carry: Tensor | None = None
+        for s in [*streams, *([master] if master is not None else [])]:
+            head = s.push(carry) if carry is not None else None
+            tail = s.finish()
+            carry = tail if head is None else torch.cat([head, tail], -1)
+        return carry
+
+    def latency(self, params: Mapping[str, Params]) -> int:
+        """Total look-ahead of the enabled stages, samples."""
+        return sum(
+            self.stages[n].latency(params[n])
+            for n in self.config.order
+            if n not in self.config.bypass
+        )
+
+
+class _StageStream:
+    """One stage in a stream: feeds blocks, drops its first ``latency`` outputs, blends wet/dry
+    with a dry path delayed to match, and flushes with zeros at the end."""
+
+    def __init__(self, stage: Stage, params: Params, wet: float):
+        self.stage, self.params, self.wet = stage, params, wet
+        self.delay = stage.latency(params)
+        self.state: Any = None
+        self.to_drop = self.delay
+        self.n_in = 0
+        self.n_out = 0
+        self.dry_buffer: Tensor | None = None
+
+    def push(self, x: Tensor) -> Tensor:
+        self.n_in += x.shape[-1]
+        y, self.state = self.stage.process(x, self.params, self.state)
+        if self.wet < 1.0:
+            buf = x if self.dry_buffer is None else torch.cat([self.dry_buffer, x], -1)
+        drop = min(self.to_drop, y.shape[-1])
+        self.to_drop -= drop
+        y = y[..., drop:]
+        if self.wet < 1.0:
+            dry, self.dry_buffer = buf[..., : y.shape[-1]], buf[..., y.shape[-1] :]
+            y = self.wet * y + (1.0 - self.wet) * dry
+        self.n_out += y.shape[-1]
+        return y
+
+    def finish(self) -> Tensor:
+        missing = self.n_in - self.n_out
+        if missing <= 0:
+            return self.params_like_empty()
+        zeros = self.params_like_zeros(missing)
+        self.n_in -= missing  # flushing zeros are not input
+        y = self.push(zeros)
+        return y[..., :missing]
+
+    def params_like_zeros(self, n: int) -> Tensor:
+        ref = next(iter(self.params.values()))
+        return torch.zeros(ref.shape[0], 2, n, device=ref.device)
+
+    def params_like_empty(self) -> Tensor:
+        return self.params_like_zeros(0)
+
+
+def run_aligned(stage: Stage, x: Tensor, params: Params) -> Tensor:
+    """Offline processing with the stage's look-ahead compensated: pad ``latency`` zeros at
+    the end, process, drop the first ``latency`` samples. Output aligned with ``x``."""
+    lat = stage.latency(params)
+    if lat == 0:
+        return stage.process(x, params)[0]
+    y, _ = stage.process(torch.nn.functional.pad(x, (0, lat)), params)
+    return y[..., lat:]
+
+
+def _dc_blocker(like: Tensor) -> Tensor:
+    """2nd-order Butterworth high-pass at :data:`DC_CUTOFF_HZ` as one sos row ``[1, 6]``
+    (−3 dB at 5 Hz, within 0.1 dB above 20 Hz)."""
+    f = torch.tensor(DC_CUTOFF_HZ, dtype=torch.float64)
+    q = torch.tensor(0.5**0.5, dtype=torch.float64)
+    return highpass_sos(f, q, 48_000).reshape(1, 6).to(like.device)
+
+
+def remove_dc(x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Remove DC offset from ``x [batch, 2, n]``; returns ``(y, state)`` for streaming."""
+    return sosfilt(x, _dc_blocker(x), state, return_state=True)
