@@ -19,6 +19,7 @@ from mastering.errors import LacquerError
 COMMANDS: dict[str, str] = {
     "analyze": "analyze",
     "master": "master",
+    "demo": "demo",
 }
 
 

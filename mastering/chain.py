@@ -51,6 +51,8 @@ STAGE_CLASSES: dict[str, str] = {
     "master_out": "mastering.stages.master_out:MasterOut",
 }
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+#: Inputs shorter than this (samples; 0.1 s) are padded with silence for analysis.
+MIN_SAMPLES = 4_800
 #: DC blocker at the chain input: 2nd-order high-pass, Hz.
 DC_CUTOFF_HZ = 5.0
 
@@ -209,6 +211,14 @@ class Chain(nn.Module):
             overrides: ``{stage: {param: value}}`` in physical units; replace predictions.
         """
         check_audio(x)
+        n = x.shape[-1]
+        if n < MIN_SAMPLES:
+            # Too short to analyse: master it padded with silence, return the original length.
+            out = self.forward(
+                torch.nn.functional.pad(x, (0, MIN_SAMPLES - n)), conditioning, overrides
+            )
+            out.audio = out.audio[..., :n]
+            return out
         cond = self._as_batch(x, conditioning)
         ctx = StageContext(cond=cond)
         overrides = dict(overrides or {})

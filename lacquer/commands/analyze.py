@@ -49,7 +49,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--true-peak-oversample",
         type=int,
         default=4,
-        choices=(2, 4, 8, 16),
+        choices=(4, 8, 16),
         help="true-peak oversampling factor (default 4, the BS.1770 minimum at 48 kHz)",
     )
     return p

@@ -1,0 +1,67 @@
+"""Chunk-safe application of finite-memory operators by carrying an input history.
+
+An operator ``op`` whose output sample ``n`` depends only on input samples
+``n - past .. n + lookahead`` (an FIR, a linear-phase resampler round trip, a memoryless
+nonlinearity between them) can be run on a signal cut into consecutive chunks: keep the last
+``past + lookahead`` input samples, prepend them to the next chunk, run ``op`` on that buffer
+and keep the part of its output that saw no buffer edge. The result equals running ``op`` on the
+whole signal (zero-padded on the left) and **delaying it by** ``lookahead`` samples; a causal
+operator (``lookahead = 0``) is not delayed.
+
+:func:`apply_with_history` does that; :func:`delay` is the pure delay line built from it (used to
+keep a dry path aligned with a look-ahead wet path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+def apply_with_history(
+    x: Tensor,
+    history: Tensor | None,
+    op: Callable[[Tensor], Tensor],
+    past: int,
+    lookahead: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Run a finite-memory operator on one chunk.
+
+    Args:
+        x: chunk ``[..., T]``.
+        history: the previous call's returned history ``[..., past + lookahead]``, or ``None``
+            at the start of the signal (zeros: silence before it).
+        op: maps a buffer ``[..., N]`` to ``[..., N]`` (time-aligned with its input, zero
+            padding outside it); output sample ``n`` may depend on input samples
+            ``n - past .. n + lookahead`` only.
+        past: samples of past context ``op`` needs (e.g. ``L - 1`` for a causal FIR of ``L`` taps).
+        lookahead: samples of future context ``op`` needs; the output is delayed by this many.
+
+    Returns:
+        ``(y [..., T], new_history [..., past + lookahead])``; ``y[t]`` is ``op`` of the whole
+        signal at sample ``t - lookahead`` (exactly, up to floating-point rounding).
+    """
+    n_hist = past + lookahead
+    if history is None:
+        history = x.new_zeros(*x.shape[:-1], n_hist)
+    buffer = torch.cat([history.to(x), x], dim=-1)
+    out = op(buffer)
+    start = n_hist - lookahead  # = past
+    y = out[..., start : start + x.shape[-1]]
+    return y, buffer[..., buffer.shape[-1] - n_hist :]
+
+
+def delay(x: Tensor, history: Tensor | None, samples: int) -> tuple[Tensor, Tensor]:
+    """Delay a chunk by ``samples`` (a delay line): ``y[t] = x[t - samples]``, zeros before 0.
+
+    Args:
+        x: chunk ``[..., T]``.
+        history: returned by the previous call (``None`` at the start).
+        samples: delay in samples (>= 0).
+
+    Returns:
+        ``(y [..., T], new_history [..., samples])``.
+    """
+    return apply_with_history(x, history, lambda b: b, past=0, lookahead=samples)

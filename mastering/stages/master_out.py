@@ -1,0 +1,373 @@
+"""Master out: loudness normalization to a target, with a true-peak safety limiter.
+
+The gain is computed, not learned (:meth:`MasterOut.solve`, exact, under ``torch.no_grad``):
+
+1. measure the integrated loudness ``L0`` (BS.1770-4, :mod:`mastering.loudness`) and start at
+   ``gain = target - L0``;
+2. render ``limiter(x * 10^(gain/20))`` with the look-ahead true-peak limiter of
+   :mod:`mastering.dsp.dynamics` at the ceiling (a pure delay when nothing exceeds it), measure
+   its loudness ``L`` and the loudness the limiter took away (``limiting_db``: loudness of the
+   gained input minus that of the output);
+3. solve ``phi(gain) = max(L - target, limiting_db - max_limiting_db) = 0`` by a bracketed
+   secant / regula falsi search (limiting lowers the loudness, so a few passes are needed)
+   until ``|L - target| <= tolerance`` (reached), or, when reaching the target would take
+   more than ``max_limiting_db`` of limiting, until the limiting equals that maximum
+   (unreachable: the output stays quieter than the target, and the report says so);
+4. check the output's true peak with the meter (4x by default); if it reads above the
+   ceiling (the limiter's gain varies a little across the meter's interpolation kernel),
+   lower the limiter's internal ceiling by the overshoot and solve again.
+
+Every output is then within ``tolerance`` (0.05 LU) of the target and at or below the ceiling
+(true peak at the meter's oversampling), or the report says ``"unreachable"`` with the reason.
+Silence gives gain 0 dB and status ``"silent"``. In :meth:`MasterOut.process` the found gain
+is a constant (straight-through): gradients reach the input through the gain and the limiter.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mastering import SAMPLE_RATE
+from mastering.dsp.dynamics import (
+    LimiterChunk,
+    apply_gain_db,
+    limit,
+    limiter_chunk,
+    lookahead_limiter,
+    lookahead_samples,
+)
+from mastering.loudness import integrated_loudness, true_peak, ungated_loudness
+from mastering.params import ParamSpec
+from mastering.stages.base import Params, Stage, StageContext
+
+#: Shortest signal the gated integrated loudness is defined for (one 400 ms block), samples.
+_MIN_GATED = int(0.4 * SAMPLE_RATE)
+#: Extra lowering of the internal ceiling on top of a measured overshoot, dB.
+_CEILING_STEP_DB = 0.002
+
+
+@dataclass
+class _Eval:
+    """One rendering at ``gain``: loudness, limiting, the residual ``phi`` and the output."""
+
+    gain: float
+    loudness: float
+    limiting: float
+    phi: float
+    output: Tensor
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """The input's loudness (LUFS), true peak (dBTP) and limiter sidechain; ``scalable``: the
+    loudness of the input times a gain is ``loudness + gain`` (gated measure defined)."""
+
+    loudness: float
+    true_peak: float
+    scalable: bool
+    chunk: LimiterChunk
+
+
+class MasterOut(Stage):
+    """Loudness normalizer and true-peak safety limiter (see the module docstring).
+
+    Args:
+        target_lufs: integrated loudness target, LUFS.
+        ceiling_dbtp: true-peak ceiling, dBTP.
+        max_limiting_db: most loudness (LU) the safety limiter may take away; a target that
+            needs more is reported unreachable.
+        lookahead_ms, release_ms: of the safety limiter.
+        tolerance_lu: loudness tolerance of the search (the guarantee is twice that).
+        true_peak_oversample: the meter's oversampling factor the ceiling is checked with (and
+            the limiter's sidechain factor).
+        max_iterations: renderings per song before the search gives up ("approximate").
+    """
+
+    name: ClassVar[str] = "master_out"
+    specs: ClassVar[tuple[ParamSpec, ...]] = (
+        ParamSpec("gain_db", "dB", -70.0, 70.0, doc="loudness-normalizing gain (computed)"),
+        ParamSpec(
+            "limit_ceiling_dbtp",
+            "dBTP",
+            -40.0,
+            0.0,
+            doc="ceiling the safety limiter limits at: the configured ceiling, lowered by any "
+            "overshoot the true-peak meter found (computed)",
+        ),
+    )
+
+    def __init__(
+        self,
+        target_lufs: float = -14.0,
+        ceiling_dbtp: float = -1.0,
+        max_limiting_db: float = 6.0,
+        lookahead_ms: float = 3.0,
+        release_ms: float = 100.0,
+        tolerance_lu: float = 0.05,
+        true_peak_oversample: int = 4,
+        max_iterations: int = 30,
+    ):
+        super().__init__()
+        self.target_lufs = float(target_lufs)
+        self.ceiling_dbtp = float(ceiling_dbtp)
+        self.max_limiting_db = float(max_limiting_db)
+        self.lookahead_ms = float(lookahead_ms)
+        self.release_ms = float(release_ms)
+        self.tolerance_lu = float(tolerance_lu)
+        self.true_peak_oversample = int(true_peak_oversample)
+        self.max_iterations = int(max_iterations)
+        self._last: tuple[Tensor, list[dict[str, Any]]] | None = None
+
+    def configure(
+        self,
+        target_lufs: float | None = None,
+        ceiling_dbtp: float | None = None,
+        max_limiting_db: float | None = None,
+    ) -> None:
+        """Change the target (LUFS), the ceiling (dBTP) or the limiting allowance (LU)."""
+        if target_lufs is not None:
+            self.target_lufs = float(target_lufs)
+        if ceiling_dbtp is not None:
+            self.ceiling_dbtp = float(ceiling_dbtp)
+        if max_limiting_db is not None:
+            self.max_limiting_db = float(max_limiting_db)
+
+    # -- controller -------------------------------------------------------------------------
+    def prior(self, x: Tensor, ctx: StageContext) -> Params:
+        params, status = self.solve(x)
+        self._last = (params["gain_db"].detach().clone(), status)
+        return params
+
+    def report(self, params: Params) -> list[dict[str, Any]]:
+        """Per-song status of the last :meth:`prior` (``status``: ``"reached"``,
+        ``"unreachable"``, ``"silent"``, ``"too_short"`` (under 400 ms: normalized by the
+        ungated loudness) or ``"approximate"`` (the search ran out of renderings; not seen in
+        the tests), with ``reason``, the measured
+        input/output loudness and true peak, the gain and the limiting). A song whose gain was
+        overridden is marked ``"overridden"`` (its measurements no longer apply)."""
+        if self._last is None:
+            raise RuntimeError("master_out has not analysed any audio yet")
+        gains, status = self._last
+        out = []
+        given = params["gain_db"].detach().reshape(-1).cpu()
+        for b, s in enumerate(status):
+            item = dict(s)
+            if b < given.numel() and abs(float(given[b]) - float(gains.reshape(-1)[b])) > 1e-3:
+                item["status"] = "overridden"
+                item["reason"] = "gain_db was overridden; the measurements above do not apply"
+            out.append(item)
+        return out
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per-song status of the last analysis (see :meth:`report`)."""
+        if self._last is None:
+            raise RuntimeError("master_out has not analysed any audio yet")
+        return [dict(s) for s in self._last[1]]
+
+    @torch.no_grad()
+    def solve(self, x: Tensor) -> tuple[Params, list[dict[str, Any]]]:
+        """Find each song's gain and limiter ceiling (see the module docstring).
+
+        Args:
+            x: ``[batch, 2, T]``.
+
+        Returns:
+            ``({"gain_db": [batch, 1], "limit_ceiling_dbtp": [batch, 1]}, per-song status)``.
+        """
+        gains, ceilings, status = [], [], []
+        for b in range(x.shape[0]):
+            g, c, s = self._solve_song(x[b : b + 1].detach())
+            gains.append(g)
+            ceilings.append(c)
+            status.append(s)
+        t = dict(dtype=x.dtype, device=x.device)
+        return (
+            {
+                "gain_db": torch.tensor(gains, **t).unsqueeze(-1),
+                "limit_ceiling_dbtp": torch.tensor(ceilings, **t).unsqueeze(-1),
+            },
+            status,
+        )
+
+    # -- the search -------------------------------------------------------------------------
+    def _loudness(self, y: Tensor) -> float:
+        if y.shape[-1] >= _MIN_GATED:
+            return float(integrated_loudness(y)[0])
+        return float(ungated_loudness(y)[0])
+
+    def _chunk(self, x: Tensor) -> LimiterChunk:
+        """The whole song padded by the look-ahead, with its sidechain (computed once)."""
+        d = lookahead_samples(self.lookahead_ms)
+        return limiter_chunk(F.pad(x, (0, d)), d, oversample=self.true_peak_oversample)
+
+    def _render(self, chunk: LimiterChunk, gain_db: float, ceiling_db: float) -> Tensor:
+        """Offline output aligned with the input (look-ahead compensated); the same arithmetic
+        as :meth:`process` on the whole signal."""
+        y, _, _ = limit(chunk, ceiling_db, self.release_ms, gain_db)
+        return y[..., chunk.geometry.lookahead :]
+
+    def _evaluate(self, x: Tensor, gain: float, ceiling: float, ref: _Reference) -> _Eval:
+        gained = apply_gain_db(x, x.new_tensor([gain]))
+        # The limiter is exact identity (after its delay) when no sidechain peak exceeds the
+        # ceiling, and its sidechain reads the same oversampled points as the meter.
+        y = gained if ref.true_peak + gain <= ceiling else self._render(ref.chunk, gain, ceiling)
+        loud = self._loudness(y)
+        before = ref.loudness + gain if ref.scalable else self._loudness(gained)
+        limiting = max(before - loud, 0.0)
+        phi = max(loud - self.target_lufs, limiting - self.max_limiting_db)
+        return _Eval(gain, loud, limiting, phi, y)
+
+    def _classify(self, e: _Eval) -> str | None:
+        tol = self.tolerance_lu
+        if abs(e.loudness - self.target_lufs) <= tol and e.limiting <= self.max_limiting_db + tol:
+            return "reached"
+        if abs(e.limiting - self.max_limiting_db) <= tol and e.loudness < self.target_lufs:
+            return "unreachable"
+        return None
+
+    def _search(
+        self, x: Tensor, gain: float, ceiling: float, ref: _Reference, budget: int
+    ) -> list[_Eval]:
+        """Bracketed root search of ``phi(gain)``; returns the evaluations made (last = best;
+        only the last one keeps its output)."""
+        evals: list[_Eval] = []
+        lo: _Eval | None = None  # largest gain with phi < 0
+        hi: _Eval | None = None  # smallest gain with phi >= 0
+        for _ in range(budget):
+            e = self._evaluate(x, gain, ceiling, ref)
+            if evals:
+                evals[-1].output = e.output[..., :0]
+            evals.append(e)
+            if self._classify(e) is not None or not math.isfinite(e.phi):
+                break
+            if e.phi < 0:
+                lo = e if lo is None or e.gain > lo.gain else lo
+            else:
+                hi = e if hi is None or e.gain < hi.gain else hi
+            if lo is not None and hi is not None:
+                width = hi.gain - lo.gain
+                t = -lo.phi / (hi.phi - lo.phi)
+                gain = lo.gain + width * min(max(t, 0.1), 0.9)  # regula falsi, kept inside
+            else:
+                slope = 1.0
+                if len(evals) >= 2 and evals[-1].gain != evals[-2].gain:
+                    slope = (evals[-1].phi - evals[-2].phi) / (evals[-1].gain - evals[-2].gain)
+                    slope = min(max(slope, 0.2), 1.0)
+                gain = e.gain - e.phi / slope
+            gain = min(max(gain, -69.0), 69.0)
+        return evals
+
+    def _solve_song(self, x: Tensor) -> tuple[float, float, dict[str, Any]]:
+        target, ceiling = self.target_lufs, self.ceiling_dbtp
+        base: dict[str, Any] = {
+            "target_lufs": target,
+            "ceiling_dbtp": ceiling,
+            "max_limiting_db": self.max_limiting_db,
+        }
+        loud_in = self._loudness(x) if x.shape[-1] else float("-inf")
+        if not math.isfinite(loud_in) and x.shape[-1]:
+            loud_in = float(ungated_loudness(x)[0])
+        if not math.isfinite(loud_in):
+            return (
+                0.0,
+                ceiling,
+                {
+                    **base,
+                    "status": "silent",
+                    "reason": "the input is digital silence: no gain applied",
+                    "input_lufs": None,
+                    "output_lufs": None,
+                    "output_true_peak_dbtp": None,
+                    "gain_db": 0.0,
+                    "limiting_db": 0.0,
+                    "iterations": 0,
+                },
+            )
+        ref = _Reference(
+            loudness=loud_in,
+            true_peak=float(true_peak(x, oversample=self.true_peak_oversample)[0]),
+            scalable=x.shape[-1] >= _MIN_GATED and math.isfinite(self._loudness(x)),
+            chunk=self._chunk(x),
+        )
+        gain = min(max(target - loud_in, -69.0), 69.0)
+        limit = ceiling - _CEILING_STEP_DB  # float rounding must not read above the ceiling
+        evals: list[_Eval] = []
+        best: _Eval | None = None
+        tp = float("inf")
+        for _ in range(4):  # ceiling corrections
+            budget = self.max_iterations - len(evals)
+            if budget <= 0:
+                break
+            found = self._search(x, gain, limit, ref, budget)
+            evals += found
+            best = found[-1]
+            gain = best.gain
+            tp = float(true_peak(best.output, oversample=self.true_peak_oversample)[0])
+            if tp <= ceiling or self._classify(best) is None:
+                break
+            limit -= tp - ceiling + _CEILING_STEP_DB
+        assert best is not None
+        kind = self._classify(best)
+        if kind is None or tp > ceiling:
+            kind = "approximate"
+            reason = (
+                f"search stopped after {len(evals)} renderings at {best.loudness:.2f} LUFS, "
+                f"{tp:.2f} dBTP"
+            )
+        elif kind == "reached" and x.shape[-1] < _MIN_GATED:
+            kind = "too_short"
+            reason = (
+                "shorter than one 400 ms block: integrated loudness is undefined, so the "
+                f"ungated loudness was normalized to {best.loudness:.2f} LUFS (true peak "
+                f"{tp:.2f} dBTP)"
+            )
+        elif kind == "reached":
+            reason = (
+                f"{best.loudness:.2f} LUFS (target {target:.2f}), true peak "
+                f"{tp:.2f} dBTP <= {ceiling:.2f}, {best.limiting:.2f} LU of limiting"
+            )
+        else:
+            reason = (
+                f"target {target:.2f} LUFS needs more than {self.max_limiting_db:.1f} LU of "
+                f"limiting under a {ceiling:.2f} dBTP ceiling; stopped at that limit with "
+                f"{best.loudness:.2f} LUFS"
+            )
+        return (
+            best.gain,
+            limit,
+            {
+                **base,
+                "status": kind,
+                "reason": reason,
+                "input_lufs": loud_in,
+                "output_lufs": best.loudness,
+                "output_true_peak_dbtp": tp,
+                "gain_db": best.gain,
+                "limiting_db": best.limiting,
+                "iterations": len(evals),
+            },
+        )
+
+    # -- DSP --------------------------------------------------------------------------------
+    def latency(self, params: Params) -> int:
+        return lookahead_samples(self.lookahead_ms)
+
+    def process(
+        self, x: Tensor, params: Params, state: Any = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        y, _, new_state = lookahead_limiter(
+            x,
+            params["limit_ceiling_dbtp"].reshape(-1),
+            self.latency(params),
+            self.release_ms,
+            state,
+            gain_db=params["gain_db"].reshape(-1),
+            oversample=self.true_peak_oversample,
+        )
+        return y, new_state
