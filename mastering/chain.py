@@ -51,8 +51,8 @@ STAGE_CLASSES: dict[str, str] = {
     "master_out": "mastering.stages.master_out:MasterOut",
 }
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-#: Inputs shorter than this (samples; 0.1 s) are padded with silence for analysis.
-MIN_SAMPLES = 4_800
+#: Inputs shorter than this (samples; 1 s) are padded with silence for analysis.
+MIN_SAMPLES = 48_000
 #: DC blocker at the chain input: 2nd-order high-pass, Hz.
 DC_CUTOFF_HZ = 5.0
 

@@ -100,7 +100,7 @@ def music_like(
     * a snare (band-passed noise) on beats 2 and 4 and hi-hats (high-passed noise) on 8ths;
     * 8-bar sections whose level varies by up to 12 dB (cross-faded), and 1 s fades at the ends.
 
-    Deterministic for a given ``seed``; about 0.1 s of CPU per minute of stereo audio.
+    Deterministic for a given ``seed``; about 1 s of CPU per minute of stereo audio.
 
     Returns:
         ``[channels, round(duration_s * sample_rate)]`` float32 with sample peak ``peak_dbfs``.

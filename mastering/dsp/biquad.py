@@ -134,7 +134,7 @@ def high_shelf_sos(
 def lowpass_sos(
     freq_hz: TensorLike, q: TensorLike = BUTTERWORTH_Q, sample_rate: float = SAMPLE_RATE
 ) -> Tensor:
-    """Second-order low-pass (12 dB/octave); ``q = 1/sqrt(2)`` is Butterworth (-3 dB at ``freq_hz``).
+    """Second-order low-pass (12 dB/octave); ``q = 1/sqrt(2)``: Butterworth, -3 dB at ``freq_hz``.
 
     Returns:
         ``[..., 6]`` normalized section.
@@ -148,7 +148,7 @@ def lowpass_sos(
 def highpass_sos(
     freq_hz: TensorLike, q: TensorLike = BUTTERWORTH_Q, sample_rate: float = SAMPLE_RATE
 ) -> Tensor:
-    """Second-order high-pass (12 dB/octave); ``q = 1/sqrt(2)`` is Butterworth (-3 dB at ``freq_hz``).
+    """Second-order high-pass (12 dB/octave); ``q = 1/sqrt(2)``: Butterworth, -3 dB at ``freq_hz``.
 
     Returns:
         ``[..., 6]`` normalized section.

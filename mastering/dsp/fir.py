@@ -110,7 +110,8 @@ def fft_convolve(x: Tensor, ir: Tensor, mode: str = "full", *, block_size: int |
         raise ValueError(f"mode must be 'full' or 'same', got {mode!r}")
     x, ir = _broadcast_leading(x, ir)
     T, L = x.shape[-1], ir.shape[-1]
-    if block_size is None and T + L - 1 <= 2 * _overlap_add_fft_size(L):
+    n_full, single_fft_limit = T + L - 1, 2 * _overlap_add_fft_size(L)
+    if block_size is None and n_full <= single_fft_limit:
         y = _convolve_one_fft(x, ir)
     else:
         y = _convolve_overlap_add(x, ir, block_size)
