@@ -162,3 +162,20 @@ def test_gradients_through_designs_and_magnitude():
     params = tuple(p.requires_grad_() for p in params)
     assert torch.autograd.gradcheck(lambda *p: loss(*p)[0], params)
     assert torch.autograd.gradcheck(lambda *p: loss(*p)[1], params)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    params = (torch.tensor([100.0, 5000.0]), torch.tensor([3.0, -6.0]), torch.tensor([0.7, 2.0]))
+    sos = torch.stack([peaking_sos(*params), low_shelf_sos(*params), high_shelf_sos(*params)], -2)
+    sos_cuda = torch.stack(
+        [f(*(p.cuda() for p in params)) for f in (peaking_sos, low_shelf_sos, high_shelf_sos)], -2
+    )
+    torch.testing.assert_close(sos_cuda.cpu(), sos)
+    # float32 dB near DC is sensitive to last-ulp differences in the coefficients
+    torch.testing.assert_close(
+        sos_magnitude_db(sos_cuda, 512).cpu(), sos_magnitude_db(sos, 512), atol=1e-3, rtol=0
+    )
+    torch.testing.assert_close(
+        sos_response(sos_cuda, 512).cpu(), sos_response(sos, 512), atol=1e-4, rtol=0
+    )

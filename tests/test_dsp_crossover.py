@@ -87,3 +87,11 @@ def test_gradcheck():
     x = torch.randn(1, 2, 200, dtype=F64, requires_grad=True)
     freqs = torch.tensor([500.0, 5000.0], dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(split_bands, (x, freqs), fast_mode=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    x = torch.randn(2, 2, 20_000)
+    on_gpu = split_bands(x.cuda(), [200.0, 2000.0]).cpu()
+    # float32 rounding differs between devices (last-ulp cos/sin in the designs, matmul order)
+    torch.testing.assert_close(on_gpu, split_bands(x, [200.0, 2000.0]), atol=1e-4, rtol=0)

@@ -102,3 +102,18 @@ def test_frequency_sampled_filter_gradcheck():
     assert torch.autograd.gradcheck(
         lambda a, m: frequency_sampled_filter(a, m, n_taps=15, phase="zero"), (x, magnitude)
     )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    x, ir = randn(1, 2, 100_000, dtype=torch.float32), randn(1, 2, 5000, seed=11).float()
+    magnitude = randn(2, 1, 513, seed=12).float().abs()
+    for fn in (
+        lambda u, h, m: fft_convolve(u, h),
+        lambda u, h, m: fft_convolve(u, h, block_size=3000),
+        lambda u, h, m: frequency_sampled_filter(u, m, n_taps=511),
+    ):
+        expected = fn(x, ir, magnitude)
+        torch.testing.assert_close(
+            fn(x.cuda(), ir.cuda(), magnitude.cuda()).cpu(), expected, atol=1e-4, rtol=1e-4
+        )

@@ -49,3 +49,12 @@ def test_gradcheck():
     for alignment in ORIGINS:
         assert torch.autograd.gradcheck(lambda t, a=alignment: sliding_max(t, 9, a), (x,))
     assert torch.autograd.gradcheck(lambda t: sliding_min(t, 16, "centered"), (x,))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    x = torch.randn(2, 2, 10_000)
+    for alignment in ORIGINS:
+        assert torch.equal(
+            sliding_max(x.cuda(), 240, alignment).cpu(), sliding_max(x, 240, alignment)
+        )

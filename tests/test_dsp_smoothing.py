@@ -281,3 +281,17 @@ def test_gradcheck_peak_hold_db():
     level = torch.from_numpy(20 * level_signal(26, 2, 300)).requires_grad_()
     release = torch.tensor(1.0, dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(peak_hold_db, (level, release), fast_mode=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    x = torch.from_numpy(level_signal(27, 2, 2, LONG)).float()
+    a = torch.rand(2, 2, LONG)
+    for fn in (
+        lambda u, p: ltv_one_pole(u, p),
+        lambda u, p: one_pole(u, 0.99),
+        lambda u, p: envelope_follower(u, 1.0, 50.0),
+        lambda u, p: envelope_follower(u, 1.0, 50.0, mode="decoupled"),
+        lambda u, p: peak_hold_db(20 * u, 30.0),
+    ):
+        torch.testing.assert_close(fn(x.cuda(), a.cuda()).cpu(), fn(x, a), atol=1e-5, rtol=1e-5)

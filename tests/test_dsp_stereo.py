@@ -59,3 +59,10 @@ def test_gradcheck():
     assert torch.autograd.gradcheck(from_mid_side, (x,))
     assert torch.autograd.gradcheck(correlation, (x,))
     assert torch.autograd.gradcheck(lambda t: side_to_mid_ratio_db(t, 16), (x,))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    x = torch.randn(2, 2, 1000)
+    for fn in (to_mid_side, from_mid_side, correlation, side_to_mid_ratio_db):
+        torch.testing.assert_close(fn(x.cuda()).cpu(), fn(x), atol=1e-5, rtol=1e-5)
