@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-Scalar = float | int
 TensorLike = Tensor | float | int
 
 
@@ -54,8 +53,3 @@ def next_fast_fft_length(n: int) -> int:
             power35 *= 3
         power5 *= 5
     return best
-
-
-def crop(x: Tensor, start: int, length: int) -> Tensor:
-    """``x[..., start:start + length]``."""
-    return x[..., start : start + length]

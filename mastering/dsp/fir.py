@@ -9,6 +9,8 @@ linear-phase (or zero-phase) FIR by a windowed inverse FFT and applies it with
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -70,7 +72,7 @@ def _convolve_overlap_add(x: Tensor, ir: Tensor, hop: int | None) -> Tensor:
     n_blocks = -(-T // hop)
     blocks = F.pad(x, (0, n_blocks * hop - T)).unflatten(-1, (n_blocks, hop))
     ir_spectrum = torch.fft.rfft(ir, n=n_fft).unsqueeze(-2)
-    rows = max(1, x[..., 0].numel())
+    rows = max(1, math.prod(x.shape[:-1]))
     group = max(1, _MAX_SPECTRUM_ELEMENTS // (rows * (n_fft // 2 + 1)))
 
     pieces, carry = [], None

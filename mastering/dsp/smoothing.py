@@ -238,7 +238,7 @@ def _branching_mask(x: Tensor, a_att: Tensor, a_rel: Tensor, y0: Tensor, max_ite
         y_tail = ltv_one_pole(x[..., start:], a, prev_start)
         y = torch.cat([y[..., :start], y_tail], dim=-1)
         new_tail = x[..., start:] > _previous_outputs(y_tail, prev_start)
-        changed = (new_tail != mask[..., start:]).flatten(0, -2).any(dim=0)
+        changed = (new_tail != mask[..., start:]).reshape(-1, new_tail.shape[-1]).any(dim=0)
         if not bool(changed.any()):
             return mask
         # new_tail agrees with mask before the first change, which is now settled.
@@ -260,7 +260,7 @@ def _segment_length(x: Tensor) -> int:
     T = x.shape[-1]
     if x.device.type != "cpu":
         return max(T, 1)
-    rows = max(1, x[..., 0].numel())
+    rows = max(1, math.prod(x.shape[:-1]))
     return max(1 << 15, (1 << 19) // rows)
 
 
