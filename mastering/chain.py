@@ -340,20 +340,13 @@ class _StageStream:
         return y
 
     def finish(self) -> Tensor:
+        """The samples still owed (the look-ahead), pushed out by feeding zeros."""
         missing = self.n_in - self.n_out
-        if missing <= 0:
-            return self.params_like_empty()
-        zeros = self.params_like_zeros(missing)
-        self.n_in -= missing  # flushing zeros are not input
-        y = self.push(zeros)
-        return y[..., :missing]
-
-    def params_like_zeros(self, n: int) -> Tensor:
         ref = next(iter(self.params.values()))
-        return torch.zeros(ref.shape[0], 2, n, device=ref.device)
-
-    def params_like_empty(self) -> Tensor:
-        return self.params_like_zeros(0)
+        if missing <= 0:
+            return ref.new_zeros(ref.shape[0], 2, 0)
+        self.n_in -= missing  # flushing zeros are not input
+        return self.push(ref.new_zeros(ref.shape[0], 2, missing))[..., :missing]
 
 
 def run_aligned(stage: Stage, x: Tensor, params: Params) -> Tensor:

@@ -11,6 +11,9 @@ import math
 import torch
 from torch import Tensor
 
+# Inter-channel correlation is the stereo kernel's, re-exported for controllers and reports.
+from mastering.dsp.stereo import correlation as correlation
+from mastering.dsp.stereo import to_mid_side
 from mastering.stages.base import FRAME_HOP
 
 N_FFT = 4096
@@ -52,9 +55,7 @@ def stft_power(x: Tensor, n_fft: int = N_FFT, hop: int = HOP) -> Tensor:
 
 def mid_side_band_spectrum_db(x: Tensor, n_bands: int = N_BANDS) -> Tensor:
     """Long-term mid and side spectra in dB per log band: ``[batch, 2 (mid, side), n_bands]``."""
-    mid = 0.5 * (x[:, 0] + x[:, 1])
-    side = 0.5 * (x[:, 0] - x[:, 1])
-    p = stft_power(torch.stack([mid, side], dim=1)).mean(-1)  # [b, 2, bins]
+    p = stft_power(to_mid_side(x)).mean(-1)  # [b, 2 (mid, side), bins]
     bands = p @ band_matrix(n_bands=n_bands).to(x.device, x.dtype).T
     return 10.0 * torch.log10(bands + _TINY)
 
@@ -98,21 +99,6 @@ def crest_factor_db(x: Tensor) -> Tensor:
     peak = x.abs().amax(dim=(1, 2))
     rms = x.square().mean(dim=(1, 2)).sqrt()
     return 20.0 * torch.log10((peak + _TINY) / (rms + _TINY))
-
-
-def correlation(x: Tensor) -> Tensor:
-    """Inter-channel (Pearson, zero-lag) correlation of the whole signal: ``[batch]``."""
-    l, r = x[:, 0], x[:, 1]
-    num = (l * r).mean(-1)
-    den = (l.square().mean(-1) * r.square().mean(-1)).sqrt()
-    return num / den.clamp(min=_TINY)
-
-
-def side_to_mid_db(x: Tensor) -> Tensor:
-    """Side energy over mid energy, dB: ``[batch]`` (−inf-ish for mono)."""
-    mid = 0.5 * (x[:, 0] + x[:, 1])
-    side = 0.5 * (x[:, 0] - x[:, 1])
-    return 10.0 * torch.log10((side.square().mean(-1) + _TINY) / (mid.square().mean(-1) + _TINY))
 
 
 # -- estimators for missing conditioning (not differentiable, run under no_grad) ----------
@@ -182,9 +168,7 @@ def estimate_vocal_ratio(x: Tensor) -> Tensor:
     """Share of energy that is centre-panned and in the vocal band (200 Hz-4 kHz) of the
     mid channel, 0..1: ``[batch]``. A heuristic (no source separation): centred vocals and
     other centred mid-range instruments both count."""
-    spec = stft_power(torch.stack([0.5 * (x[:, 0] + x[:, 1]), 0.5 * (x[:, 0] - x[:, 1])], 1)).mean(
-        -1
-    )
+    spec = stft_power(to_mid_side(x)).mean(-1)
     f = torch.fft.rfftfreq(N_FFT, 1 / 48_000).to(x.device)
     vocal = (f > 200) & (f < 4000)
     centre = (spec[:, 0] - spec[:, 1]).clamp(min=0)

@@ -16,6 +16,7 @@ from torch import Tensor
 from mastering import features
 from mastering.chain import Chain, ChainConfig, ChainOutput
 from mastering.conditioning import Conditioning
+from mastering.dsp.stereo import side_to_mid_ratio_db
 from mastering.errors import InvalidParameterError
 from mastering.io import read_audio, write_audio
 from mastering.loudness import measure_batch
@@ -74,7 +75,7 @@ def summary(x: Tensor) -> list[dict[str, float | None]]:
     with torch.no_grad():
         tilt = features.spectral_tilt_db_per_octave(x)
         corr = features.correlation(x)
-        width = features.side_to_mid_db(x)
+        width = side_to_mid_ratio_db(x)
         out = []
         for i, report in enumerate(measure_batch(x)):
             d = report.to_dict()

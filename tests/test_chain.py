@@ -8,6 +8,7 @@ import torch
 from mastering import features
 from mastering.chain import Chain, ChainConfig
 from mastering.conditioning import Conditioning
+from mastering.dsp.stereo import side_to_mid_ratio_db
 from mastering.errors import InvalidAudioError, InvalidParameterError
 from mastering.loudness import measure_batch
 from mastering.testsignals import music_like
@@ -125,7 +126,7 @@ def test_ambient_synthwave_widens_and_lengthens_reverb(chain):
     x = song(11)
     neutral = master(chain, x, genre="synthwave")
     ambient = master(chain, x, genre="synthwave", style="ambient synthwave")
-    assert features.side_to_mid_db(ambient.audio) > features.side_to_mid_db(neutral.audio) + 0.5
+    assert side_to_mid_ratio_db(ambient.audio) > side_to_mid_ratio_db(neutral.audio) + 0.5
     rt = "rt60_s"
     assert ambient.params["reverb"][rt].mean() > neutral.params["reverb"][rt].mean() * 1.1
 
