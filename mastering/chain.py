@@ -134,6 +134,44 @@ class ChainOutput:
         return out
 
 
+@dataclass
+class ChainState:
+    """A batch part-way through the chain: what one stage group hands the next.
+
+    Attributes:
+        audio: the signal so far ``[batch, 2, samples]`` (48 kHz; padded to
+            :data:`MIN_SAMPLES` when the input was shorter).
+        dry: the DC-free input, kept only when ``ChainConfig.mix < 1`` (master out blends it).
+        cond: the encoded conditioning.
+        overrides: ``{stage: {param: value}}`` in physical units.
+        length: the input's length in samples (the output is cut back to it).
+        params, info: what the stages run so far predicted and reported.
+        done: names of the stages run so far, in order.
+    """
+
+    audio: Tensor
+    dry: Tensor | None
+    cond: ConditioningBatch
+    overrides: dict[str, dict[str, Any]]
+    length: int
+    params: dict[str, Params] = field(default_factory=dict)
+    info: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    done: tuple[str, ...] = ()
+
+    def to(self, device: torch.device | str) -> ChainState:
+        """The same state with every tensor on ``device``."""
+        return ChainState(
+            audio=self.audio.to(device),
+            dry=None if self.dry is None else self.dry.to(device),
+            cond=self.cond.to(device),
+            overrides=self.overrides,
+            length=self.length,
+            params={k: {n: t.to(device) for n, t in p.items()} for k, p in self.params.items()},
+            info=self.info,
+            done=self.done,
+        )
+
+
 def check_audio(x: Tensor) -> None:
     """Raise :class:`InvalidAudioError` unless ``x`` is ``[batch, 2, samples]`` and finite."""
     if x.dim() != 3 or x.shape[1] != 2:
@@ -209,39 +247,81 @@ class Chain(nn.Module):
             conditioning: one per song (a single one is used for the whole batch), or an
                 already encoded batch.
             overrides: ``{stage: {param: value}}`` in physical units; replace predictions.
+
+        Equivalent to ``finish(run_stages(begin(x, ...), order))``; the render farm and the
+        Serve app run those three steps on different workers.
         """
+        state = self.begin(x, conditioning, overrides)
+        return self.finish(self.run_stages(state, self.config.order))
+
+    def begin(
+        self,
+        x: Tensor,
+        conditioning: Conditioning | Sequence[Conditioning] | ConditioningBatch,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> ChainState:
+        """Validate ``x [batch, 2, samples]``, pad short songs, remove DC and encode the
+        conditioning: the state the first stage group starts from."""
         check_audio(x)
         n = x.shape[-1]
         if n < MIN_SAMPLES:
             # Too short to analyse: master it padded with silence, return the original length.
-            out = self.forward(
-                torch.nn.functional.pad(x, (0, MIN_SAMPLES - n)), conditioning, overrides
-            )
-            out.audio = out.audio[..., :n]
-            return out
+            x = torch.nn.functional.pad(x, (0, MIN_SAMPLES - n))
         cond = self._as_batch(x, conditioning)
-        ctx = StageContext(cond=cond)
-        overrides = dict(overrides or {})
+        overrides = {k: dict(v) for k, v in (overrides or {}).items()}
         for name in overrides:
             stage_class(name)
         y, _ = remove_dc(x)
-        dry = y
-        params: dict[str, Params] = {}
-        info: dict[str, list[dict[str, Any]]] = {}
-        for name in self.config.order:
-            stage = self.stages[name]
-            if name == "master_out":
-                y = self._blend(dry, y, self.config.mix)
-            if name in self.config.bypass:
-                params[name] = stage.predict(y, ctx, overrides.get(name))
-                continue
-            p = stage.predict(y, ctx, overrides.get(name))
-            params[name] = p
+        return ChainState(
+            audio=y,
+            dry=y if self.config.mix < 1.0 else None,
+            cond=cond,
+            overrides=overrides,
+            length=n,
+        )
+
+    def run_stages(self, state: ChainState, names: Sequence[str]) -> ChainState:
+        """Run the stages ``names`` (consecutive, in chain order, after those already run) on
+        ``state`` and return the updated state. Raises on a stage out of order."""
+        order = self.config.order
+        for name in names:
+            expected = order[len(state.done)] if len(state.done) < len(order) else None
+            if name != expected:
+                raise InvalidParameterError(
+                    f"stage {name!r} out of order: after {list(state.done)} comes {expected!r}"
+                )
+            state = self._run_stage(state, name)
+        return state
+
+    def _run_stage(self, state: ChainState, name: str) -> ChainState:
+        stage = self.stages[name]
+        ctx = StageContext(cond=state.cond)
+        y = state.audio
+        if name == "master_out" and state.dry is not None:
+            y = self._blend(state.dry, y, self.config.mix)
+        p = stage.predict(y, ctx, state.overrides.get(name))
+        state.params[name] = p
+        if name not in self.config.bypass:
             out = run_aligned(stage, y, p)
             y = self._blend(y, out, self.config.wet.get(name, 1.0))
             if hasattr(stage, "report"):
-                info[name] = stage.report(p)
-        return ChainOutput(audio=y, params=params, cond=cond, info=info, config=self.config)
+                state.info[name] = stage.report(p)
+        state.audio = y
+        state.done = (*state.done, name)
+        return state
+
+    def finish(self, state: ChainState) -> ChainOutput:
+        """The :class:`ChainOutput` of a state that has run every stage."""
+        if state.done != tuple(self.config.order):
+            missing = [s for s in self.config.order if s not in state.done]
+            raise InvalidParameterError(f"chain not finished: stages {missing} have not run")
+        return ChainOutput(
+            audio=state.audio[..., : state.length],
+            params=state.params,
+            cond=state.cond,
+            info=state.info,
+            config=self.config,
+        )
 
     def _as_batch(self, x: Tensor, conditioning) -> ConditioningBatch:
         if isinstance(conditioning, ConditioningBatch):

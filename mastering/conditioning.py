@@ -193,6 +193,21 @@ class ConditioningBatch:
     vocal_ratio: Tensor
     flags: Tensor
 
+    def to(self, device: torch.device | str) -> ConditioningBatch:
+        """The same batch with every tensor on ``device``."""
+        return ConditioningBatch(**{k: getattr(self, k).to(device) for k in _BATCH_FIELDS})
+
+    @staticmethod
+    def cat(batches: Sequence[ConditioningBatch]) -> ConditioningBatch:
+        """Concatenate batches along the batch dimension."""
+        return ConditioningBatch(
+            **{k: torch.cat([getattr(b, k) for b in batches]) for k in _BATCH_FIELDS}
+        )
+
+    def select(self, index: slice | Sequence[int]) -> ConditioningBatch:
+        """Songs ``index`` of the batch."""
+        return ConditioningBatch(**{k: getattr(self, k)[index] for k in _BATCH_FIELDS})
+
     def macro(self, name: str) -> Tensor:
         """One macro for the batch: ``[batch]``."""
         return self.macros[:, MACRO_INDEX[name]]
@@ -200,6 +215,9 @@ class ConditioningBatch:
     def flag(self, name: str) -> Tensor:
         """One rule-break flag for the batch: ``[batch]`` (0 or 1)."""
         return self.flags[:, tuple(RULE_BREAKS).index(name)]
+
+
+_BATCH_FIELDS = ("macros", "vector", "genre", "tempo_bpm", "energy", "vocal_ratio", "flags")
 
 
 class ConditioningEncoder(nn.Module):

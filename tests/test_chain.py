@@ -223,3 +223,36 @@ def test_very_short_inputs_defined(chain, n):
     out = master(chain, x, genre="pop")
     assert out.audio.shape == x.shape and torch.isfinite(out.audio).all()
     assert out.info["master_out"][0]["status"] in {"reached", "too_short", "unreachable", "silent"}
+
+
+def test_stage_groups_equal_one_pass():
+    """begin / run_stages in groups / finish (how the farm splits the chain) is forward()."""
+    from mastering.chain import DEFAULT_ORDER, Chain
+    from mastering.conditioning import Conditioning
+    from mastering.testsignals import music_like
+
+    chain = Chain().eval()
+    x = music_like(3.0, seed=3).unsqueeze(0)
+    cond = Conditioning(genre="rock", tempo_bpm=120.0, energy=0.6, vocal_ratio=0.5)
+    with torch.no_grad():
+        ref = chain(x, cond)
+        state = chain.begin(x, cond)
+        state = chain.run_stages(state, DEFAULT_ORDER[:3])
+        state = chain.run_stages(state.to("cpu"), DEFAULT_ORDER[3:])
+        out = chain.finish(state)
+    assert torch.equal(out.audio, ref.audio)
+    assert out.params.keys() == ref.params.keys()
+
+
+def test_stage_groups_out_of_order_is_an_error():
+    from mastering.chain import Chain
+    from mastering.conditioning import Conditioning
+    from mastering.errors import InvalidParameterError
+    from mastering.testsignals import music_like
+
+    chain = Chain().eval()
+    state = chain.begin(music_like(1.5, seed=1).unsqueeze(0), Conditioning(genre="pop"))
+    with pytest.raises(InvalidParameterError, match="out of order"):
+        chain.run_stages(state, ["compressor"])
+    with pytest.raises(InvalidParameterError, match="not finished"):
+        chain.finish(state)
