@@ -66,6 +66,29 @@ def run_matchering(audio: np.ndarray) -> float:
         return time.perf_counter() - t
 
 
+STAGE_BATCH = 8
+
+
+def stage_breakdown(chain: Chain, x, cond) -> list[tuple[str, float]]:
+    """Seconds per stage (prediction + DSP) for a batch of :data:`STAGE_BATCH` on CUDA, the
+    median of 3 runs after a warm-up; ``begin`` (DC removal + conditioning) counts as a stage."""
+    xb = x.expand(STAGE_BATCH, -1, -1).contiguous()
+    times: dict[str, list[float]] = {}
+    with torch.no_grad():
+        for _ in range(4):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            state = chain.begin(xb, cond)
+            torch.cuda.synchronize()
+            times.setdefault("begin", []).append(time.perf_counter() - t)
+            for name in chain.config.order:
+                t = time.perf_counter()
+                state = chain.run_stages(state, [name])
+                torch.cuda.synchronize()
+                times.setdefault(name, []).append(time.perf_counter() - t)
+    return [(k, sorted(v[1:])[1]) for k, v in times.items()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=180.0)
@@ -88,6 +111,7 @@ def main() -> None:
         t_pb = timed(lambda: board(audio, SR))
         rows.append(("pedalboard chain", "cpu x1", 1, t_pb))
         rows.append(("matchering", "cpu x1", 1, run_matchering(audio)))
+    stage_rows: list[tuple[str, float]] = []
     if torch.cuda.is_available():
         chain_gpu = Chain.pretrained().eval().cuda()
         for b in (int(v) for v in args.gpu_batches.split(",")):
@@ -97,15 +121,33 @@ def main() -> None:
                 chain_gpu(xb, cond)
                 torch.cuda.synchronize()
 
-            with torch.no_grad():
-                rows.append(("lacquer chain", "cuda", b, timed(step, repeats=3)))
+            torch.cuda.reset_peak_memory_stats()
+            try:
+                with torch.no_grad():
+                    t = timed(step, repeats=3)
+            except torch.OutOfMemoryError:
+                t = float("nan")
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            rows.append(("lacquer chain", "cuda", b, t, peak))
+            del xb
+            torch.cuda.empty_cache()
+        stage_rows = stage_breakdown(chain_gpu, x.cuda(), cond)
     print(f"song: {args.seconds:.0f} s stereo {SR} Hz")
     print(
-        f"{'what':<18} {'device':<8} {'batch':>5} {'s/batch':>9} {'songs/s':>9} {'x realtime':>11}"
+        f"{'what':<18} {'device':<8} {'batch':>5} {'s/batch':>9} {'songs/s':>9} "
+        f"{'x realtime':>11} {'GPU peak GiB':>13}"
     )
-    for name, dev, b, t in rows:
-        print(f"{name:<18} {dev:<8} {b:>5} {t:>9.3f} {b / t:>9.2f} {b * args.seconds / t:>11.0f}")
-    base = {n: t for n, d, b, t in rows if d == "cpu x1"}
+    for name, dev, b, t, *peak in rows:
+        mem = f"{peak[0]:>13.1f}" if peak else f"{'':>13}"
+        print(
+            f"{name:<18} {dev:<8} {b:>5} {t:>9.3f} {b / t:>9.2f} {b * args.seconds / t:>11.0f}{mem}"
+        )
+    if stage_rows:
+        total = sum(t for _, t in stage_rows)
+        print(f"\nper stage on cuda, batch {STAGE_BATCH} (ms per batch, share):")
+        for name, t in stage_rows:
+            print(f"  {name:<12} {1000 * t:>9.1f} {100 * t / total:>6.1f} %")
+    base = {n: t for n, d, b, t, *_ in rows if d == "cpu x1"}
     for peer in ("pedalboard chain", "matchering"):
         if peer in base:
             ratio = base["lacquer chain"] / base[peer]

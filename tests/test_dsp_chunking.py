@@ -59,3 +59,22 @@ def test_delay_line():
     y = _chunked(x, lambda c, s: delay(c, s, 37))
     assert torch.equal(y[:, 37:], x[:, :-37])
     assert torch.equal(y[:, :37], torch.zeros(1, 37))
+
+
+def test_apply_chunked_equals_one_call():
+    """Sub-chunking for bounded memory changes neither the output nor the history."""
+    from mastering.dsp.chunking import apply_chunked, apply_with_history
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5000, generator=g, dtype=torch.float64)
+    kernel = torch.randn(1, 1, 33, generator=g, dtype=torch.float64)
+
+    def op(b):
+        flat = b.reshape(-1, 1, b.shape[-1])
+        y = torch.nn.functional.conv1d(torch.nn.functional.pad(flat, (16, 16)), kernel)
+        return torch.tanh(y).reshape(b.shape)
+
+    ref, ref_hist = apply_with_history(x, None, op, past=16, lookahead=16)
+    y, hist = apply_chunked(x, None, op, past=16, lookahead=16, max_elements=6 * 700)
+    torch.testing.assert_close(y, ref)
+    torch.testing.assert_close(hist, ref_hist)

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mastering.conditioning import ConditioningEncoder
-from mastering.dsp.chunking import apply_with_history
+from mastering.dsp.chunking import apply_chunked
 from mastering.dsp.crossover import crossover_band_sos, linkwitz_riley_sos
 from mastering.dsp.iir import sosfilt
 from mastering.dsp.resample import HALF_WIDTH, downsample, oversample
@@ -230,7 +230,7 @@ class Exciter(Stage):
             gen = downsample(torch.cat([clip, wet], dim=2), M)
             return torch.cat([buf[:, :, :1] + gen[:, :, :1], gen[:, :, 1:]], dim=2)
 
-        out, hist = apply_with_history(
+        out, hist = apply_chunked(
             stacked, state.get("history"), op, past=LATENCY, lookahead=LATENCY
         )
         wet, s_post = sosfilt(
