@@ -174,3 +174,22 @@ def test_gradients_reach_the_input(corpus):
     y = run_aligned(mo, x, params)
     y.square().mean().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_batched_search_equals_one_song_at_a_time():
+    """The lockstep batched search finds, for each song, what solving it alone finds."""
+    songs = torch.stack(
+        [music_like(2.0, seed=s) * g for s, g in ((1, 0.05), (2, 0.9), (3, 0.3))]
+    ).float()
+    songs[1] = songs[1].clamp(-1, 1)  # a hot song that needs limiting
+    stage = MasterOut(target_lufs=-10.0, ceiling_dbtp=-1.0)
+    together, status = stage.solve(songs)
+    for b in range(songs.shape[0]):
+        alone, one = stage.solve(songs[b : b + 1])
+        # Equal up to float32 rounding of batched vs single reductions (dB).
+        torch.testing.assert_close(together["gain_db"][b], alone["gain_db"][0], atol=1e-3, rtol=0)
+        torch.testing.assert_close(
+            together["limit_ceiling_dbtp"][b], alone["limit_ceiling_dbtp"][0], atol=1e-3, rtol=0
+        )
+        assert status[b]["status"] == one[0]["status"]
+        assert status[b]["iterations"] == one[0]["iterations"]

@@ -26,6 +26,7 @@ is a constant (straight-through): gradients reach the input through the gain and
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -65,13 +66,16 @@ class _Eval:
 
 @dataclass(frozen=True)
 class _Reference:
-    """The input's loudness (LUFS), true peak (dBTP) and limiter sidechain; ``scalable``: the
-    loudness of the input times a gain is ``loudness + gain`` (gated measure defined)."""
+    """The input's loudness (LUFS), true peak (dBTP) and limiter sidechain (the batch's, this
+    song at ``row``); ``scalable``: the loudness of the input times a gain is
+    ``loudness + gain`` (gated measure defined); ``gated``: at least one 400 ms block long."""
 
     loudness: float
     true_peak: float
     scalable: bool
     chunk: LimiterChunk
+    row: int
+    gated: bool
 
 
 class MasterOut(Stage):
@@ -174,52 +178,89 @@ class MasterOut(Stage):
     def solve(self, x: Tensor) -> tuple[Params, list[dict[str, Any]]]:
         """Find each song's gain and limiter ceiling (see the module docstring).
 
+        The songs' searches run in lockstep: each is a coroutine (:meth:`_solve_song`) that
+        asks for renderings and true-peak readings, and every round answers all songs' requests
+        with one batched limiter pass and one batched meter reading, so a GPU sees a batch and
+        the host synchronizes once per round rather than once per song per rendering.
+
         Args:
             x: ``[batch, 2, T]``.
 
         Returns:
             ``({"gain_db": [batch, 1], "limit_ceiling_dbtp": [batch, 1]}, per-song status)``.
         """
-        gains, ceilings, status = [], [], []
-        for b in range(x.shape[0]):
-            g, c, s = self._solve_song(x[b : b + 1].detach())
-            gains.append(g)
-            ceilings.append(c)
-            status.append(s)
+        x = x.detach()
+        refs = self._references(x)
+        searches = [self._solve_song(ref) for ref in refs]
+        results = _drive(searches, lambda requests: self._answer(x, refs, requests))
         t = dict(dtype=x.dtype, device=x.device)
         return (
             {
-                "gain_db": torch.tensor(gains, **t).unsqueeze(-1),
-                "limit_ceiling_dbtp": torch.tensor(ceilings, **t).unsqueeze(-1),
+                "gain_db": torch.tensor([r[0] for r in results], **t).unsqueeze(-1),
+                "limit_ceiling_dbtp": torch.tensor([r[1] for r in results], **t).unsqueeze(-1),
             },
-            status,
+            [r[2] for r in results],
         )
 
-    # -- the search -------------------------------------------------------------------------
-    def _loudness(self, y: Tensor) -> float:
+    # -- measurements, batched ----------------------------------------------------------------
+    def _loudness(self, y: Tensor) -> list[float]:
+        """Per-song loudness of ``y [k, 2, T]`` (LUFS): integrated, or ungated under 400 ms."""
         if y.shape[-1] >= _MIN_GATED:
-            return float(integrated_loudness(y)[0])
-        return float(ungated_loudness(y)[0])
+            return integrated_loudness(y).tolist()
+        return ungated_loudness(y).tolist()
 
-    def _chunk(self, x: Tensor) -> LimiterChunk:
-        """The whole song padded by the look-ahead, with its sidechain (computed once)."""
+    def _references(self, x: Tensor) -> list[_Reference | None]:
+        """Per song: its loudness, true peak and limiter sidechain (``None`` for silence)."""
+        if x.shape[-1] == 0:
+            return [None] * x.shape[0]
+        loud = self._loudness(x)
+        ungated = ungated_loudness(x).tolist() if x.shape[-1] >= _MIN_GATED else loud
+        peaks = true_peak(x, oversample=self.true_peak_oversample).tolist()
         d = lookahead_samples(self.lookahead_ms)
-        return limiter_chunk(F.pad(x, (0, d)), d, oversample=self.true_peak_oversample)
+        chunk = limiter_chunk(F.pad(x, (0, d)), d, oversample=self.true_peak_oversample)
+        refs: list[_Reference | None] = []
+        for b in range(x.shape[0]):
+            scalable = math.isfinite(loud[b]) and x.shape[-1] >= _MIN_GATED
+            level = loud[b] if math.isfinite(loud[b]) else ungated[b]
+            if not math.isfinite(level):
+                refs.append(None)
+                continue
+            refs.append(_Reference(level, peaks[b], scalable, chunk, b, x.shape[-1] >= _MIN_GATED))
+        return refs
 
-    def _render(self, chunk: LimiterChunk, gain_db: float, ceiling_db: float) -> Tensor:
-        """Offline output aligned with the input (look-ahead compensated); the same arithmetic
-        as :meth:`process` on the whole signal."""
-        y, _, _ = limit(chunk, ceiling_db, self.release_ms, gain_db)
-        return y[..., chunk.geometry.lookahead :]
+    def _answer(self, x: Tensor, refs: list[_Reference | None], requests: list) -> list:
+        """Answer one round of requests ``(song, ("render", gain, ceiling) | ("peak", y))``."""
+        answers: list[Any] = [None] * len(requests)
+        renders = [(i, b, r) for i, (b, r) in enumerate(requests) if r[0] == "render"]
+        if renders:
+            rows = [b for _, b, _ in renders]
+            chunk = refs[rows[0]].chunk
+            idx = torch.tensor(rows, device=x.device)
+            sub = LimiterChunk(chunk.ext[idx], chunk.peak_db[idx], chunk.geometry, None)
+            like = dict(dtype=x.dtype, device=x.device)
+            gains = torch.tensor([r[1] for _, _, r in renders], **like)
+            ceilings = torch.tensor([r[2] for _, _, r in renders], **like)
+            y, _, _ = limit(sub, ceilings, self.release_ms, gains)
+            y = y[..., chunk.geometry.lookahead :]
+            loud = self._loudness(y)
+            for k, (i, b, r) in enumerate(renders):
+                ref = refs[b]
+                before = (
+                    ref.loudness + r[1]
+                    if ref.scalable
+                    else self._loudness(apply_gain_db(x[b : b + 1], x.new_tensor([r[1]])))[0]
+                )
+                answers[i] = (loud[k], max(before - loud[k], 0.0), y[k : k + 1].clone())
+        peaks = [(i, r[1]) for i, (_, r) in enumerate(requests) if r[0] == "peak"]
+        if peaks:
+            tp = true_peak(torch.cat([y for _, y in peaks]), oversample=self.true_peak_oversample)
+            for (i, _), v in zip(peaks, tp.tolist(), strict=True):
+                answers[i] = v
+        return answers
 
-    def _evaluate(self, x: Tensor, gain: float, ceiling: float, ref: _Reference) -> _Eval:
-        gained = apply_gain_db(x, x.new_tensor([gain]))
-        # The limiter is exact identity (after its delay) when no sidechain peak exceeds the
-        # ceiling, and its sidechain reads the same oversampled points as the meter.
-        y = gained if ref.true_peak + gain <= ceiling else self._render(ref.chunk, gain, ceiling)
-        loud = self._loudness(y)
-        before = ref.loudness + gain if ref.scalable else self._loudness(gained)
-        limiting = max(before - loud, 0.0)
+    # -- one song's search (a coroutine: yields requests, receives answers) -----------------
+    def _evaluate(self, gain: float, ceiling: float) -> Generator[Any, Any, _Eval]:
+        loud, limiting, y = yield ("render", gain, ceiling)
         phi = max(loud - self.target_lufs, limiting - self.max_limiting_db)
         return _Eval(gain, loud, limiting, phi, y)
 
@@ -231,16 +272,14 @@ class MasterOut(Stage):
             return "unreachable"
         return None
 
-    def _search(
-        self, x: Tensor, gain: float, ceiling: float, ref: _Reference, budget: int
-    ) -> list[_Eval]:
+    def _search(self, gain: float, ceiling: float, budget: int) -> Generator[Any, Any, list]:
         """Bracketed root search of ``phi(gain)``; returns the evaluations made (last = best;
         only the last one keeps its output)."""
         evals: list[_Eval] = []
         lo: _Eval | None = None  # largest gain with phi < 0
         hi: _Eval | None = None  # smallest gain with phi >= 0
         for _ in range(budget):
-            e = self._evaluate(x, gain, ceiling, ref)
+            e = yield from self._evaluate(gain, ceiling)
             if evals:
                 evals[-1].output = e.output[..., :0]
             evals.append(e)
@@ -263,17 +302,16 @@ class MasterOut(Stage):
             gain = min(max(gain, -69.0), 69.0)
         return evals
 
-    def _solve_song(self, x: Tensor) -> tuple[float, float, dict[str, Any]]:
+    def _solve_song(
+        self, ref: _Reference | None
+    ) -> Generator[Any, Any, tuple[float, float, dict[str, Any]]]:
         target, ceiling = self.target_lufs, self.ceiling_dbtp
         base: dict[str, Any] = {
             "target_lufs": target,
             "ceiling_dbtp": ceiling,
             "max_limiting_db": self.max_limiting_db,
         }
-        loud_in = self._loudness(x) if x.shape[-1] else float("-inf")
-        if not math.isfinite(loud_in) and x.shape[-1]:
-            loud_in = float(ungated_loudness(x)[0])
-        if not math.isfinite(loud_in):
+        if ref is None:
             return (
                 0.0,
                 ceiling,
@@ -289,12 +327,7 @@ class MasterOut(Stage):
                     "iterations": 0,
                 },
             )
-        ref = _Reference(
-            loudness=loud_in,
-            true_peak=float(true_peak(x, oversample=self.true_peak_oversample)[0]),
-            scalable=x.shape[-1] >= _MIN_GATED and math.isfinite(self._loudness(x)),
-            chunk=self._chunk(x),
-        )
+        loud_in = ref.loudness
         gain = min(max(target - loud_in, -69.0), 69.0)
         limit = ceiling - _CEILING_STEP_DB  # float rounding must not read above the ceiling
         evals: list[_Eval] = []
@@ -304,11 +337,11 @@ class MasterOut(Stage):
             budget = self.max_iterations - len(evals)
             if budget <= 0:
                 break
-            found = self._search(x, gain, limit, ref, budget)
+            found = yield from self._search(gain, limit, budget)
             evals += found
             best = found[-1]
             gain = best.gain
-            tp = float(true_peak(best.output, oversample=self.true_peak_oversample)[0])
+            tp = yield ("peak", best.output)
             if tp <= ceiling or self._classify(best) is None:
                 break
             limit -= tp - ceiling + _CEILING_STEP_DB
@@ -320,7 +353,7 @@ class MasterOut(Stage):
                 f"search stopped after {len(evals)} renderings at {best.loudness:.2f} LUFS, "
                 f"{tp:.2f} dBTP"
             )
-        elif kind == "reached" and x.shape[-1] < _MIN_GATED:
+        elif kind == "reached" and not ref.gated:
             kind = "too_short"
             reason = (
                 "shorter than one 400 ms block: integrated loudness is undefined, so the "
@@ -371,3 +404,26 @@ class MasterOut(Stage):
             oversample=self.true_peak_oversample,
         )
         return y, new_state
+
+
+def _drive(searches: list[Generator[Any, Any, Any]], answer: Callable[[list], list]) -> list[Any]:
+    """Run coroutines in lockstep: each round, collect every live one's request, answer them
+    all with one call ``answer([(index, request), ...]) -> [answer, ...]``, send the answers
+    back. Returns each coroutine's return value."""
+    results: list[Any] = [None] * len(searches)
+    pending: dict[int, Any] = {}
+
+    def step(i: int, value: Any) -> None:
+        try:
+            pending[i] = searches[i].send(value)
+        except StopIteration as done:
+            results[i] = done.value
+
+    for i in range(len(searches)):
+        step(i, None)
+    while pending:
+        round_ = list(pending.items())
+        pending.clear()
+        for (i, _), value in zip(round_, answer(round_), strict=True):
+            step(i, value)
+    return results
