@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     "analyze": "analyze",
     "master": "master",
     "demo": "demo",
+    "render": "render",
+    "corpus": "corpus",
 }
 
 

@@ -1,0 +1,363 @@
+"""A worker that hosts one group of consecutive mastering stages (on one GPU, or a CPU).
+
+:class:`StageWorker` is a plain class, made a Ray actor at the call site, as in Ray's own
+examples::
+
+    Worker = ray.remote(StageWorker).options(num_gpus=1, max_restarts=3, placement_group=pg, ...)
+    w = Worker.remote(("eq", "compressor"), options, first=True, last=False)
+
+Songs travel through a pipeline of workers as :class:`StageBatch` objects:
+
+* the **first** worker takes :class:`SongSpec` items (paths, not samples), decodes each file
+  (``mastering.io.read_audio``), runs ``Chain.begin`` per song (a bad file fails alone, here,
+  with its error), pads the survivors to the longest and concatenates them into one batch;
+* every worker runs ``Chain.run_stages(state, its_stages)`` on the batch;
+* the **last** worker calls ``Chain.finish``, cuts each song back to its own length, encodes
+  and writes it atomically (``mastering.render.output_path`` / ``write_audio``) and returns
+  only small per-song report dicts.
+
+So raw float audio goes worker -> worker (object store, or GPU -> GPU with Ray Direct
+Transport), never through the driver. :meth:`StageWorker.process` is the one entry point for
+all three roles; a one-group pipeline (``replicated`` mode) does all three in one call.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mastering import SAMPLE_RATE
+from mastering.chain import Chain, ChainState
+from mastering.conditioning import Conditioning, ConditioningBatch
+from mastering.errors import LacquerError
+from mastering.io import read_audio, write_audio
+from mastering.render import MasterOptions, summary
+
+
+@dataclass(frozen=True)
+class SongSpec:
+    """One song to master: what the first worker needs (no samples).
+
+    Attributes:
+        song_id: the job's id for the song (unique within a job).
+        input_path: audio file to read.
+        output_path: final file to write (derived with ``mastering.render.output_path``).
+        conditioning: what the song is mastered for (per song; unset fields are estimated).
+    """
+
+    song_id: str
+    input_path: str
+    output_path: str
+    conditioning: Conditioning = field(default_factory=Conditioning)
+
+
+@dataclass
+class SongResult:
+    """What happened to one song (small; returned to the driver).
+
+    Attributes:
+        song_id: as in :class:`SongSpec`.
+        ok: written successfully.
+        error: the one-line error when not ``ok``.
+        output_path: file written.
+        duration_s: song length, seconds.
+        after: measurements of the master (``mastering.render.summary``: LUFS, dBTP, ...).
+        timings_s: seconds spent per step for the batch it was in, divided by its size.
+        workers: ``[{stages, node_id, gpu_ids, pid, device}]`` of the workers it went through.
+    """
+
+    song_id: str
+    ok: bool
+    error: str | None = None
+    output_path: str | None = None
+    duration_s: float = 0.0
+    after: dict[str, Any] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    workers: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class StageBatch:
+    """Songs part-way through a pipeline: what one worker hands the next.
+
+    Attributes:
+        songs: the songs still alive, in batch order.
+        state: their chain state (``audio [len(songs), 2, samples]``, padded to the longest);
+            ``None`` when no song survived decoding.
+        lengths: each song's length in samples (48 kHz) before padding.
+        source_rates: each song's source sample rate, Hz (the default output rate).
+        failed: songs already failed (with their errors).
+        timings_s: step name -> seconds for the whole batch so far.
+        workers: the workers the batch went through.
+        sent_at: wall-clock time (``time.time()``) the previous worker returned it.
+    """
+
+    songs: list[SongSpec]
+    state: ChainState | None
+    lengths: list[int]
+    source_rates: list[int]
+    failed: list[SongResult] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    workers: list[dict[str, Any]] = field(default_factory=list)
+    sent_at: float = 0.0
+
+
+class StageWorker:
+    """Hosts ``stages`` (consecutive, in chain order) of one chain, on this worker's device.
+
+    Args:
+        stages: the stage group this worker runs.
+        options: how songs are mastered and written (chain config, format, output rate,
+            overrides); the conditioning comes per song with each :class:`SongSpec`.
+        first: decode songs from paths and begin the chain.
+        last: finish the chain, encode and write the files, return :class:`SongResult` s.
+        profile: synchronize the device around each step so per-step timings are exact on
+            GPU (slightly slower).
+        keep_on_device: hand batches on still on this worker's device (GPU -> GPU transport
+            with Ray Direct Transport over NCCL); otherwise they leave through host memory
+            (the object store, or gloo on CPU).
+    """
+
+    def __init__(
+        self,
+        stages: tuple[str, ...],
+        options: MasterOptions,
+        *,
+        first: bool,
+        last: bool,
+        profile: bool = False,
+        keep_on_device: bool = False,
+    ):
+        self.stages = tuple(stages)
+        self.options = options
+        self.first, self.last, self.profile = first, last, profile
+        self.keep_on_device = keep_on_device
+        self.device = torch.device(_device_for_this_worker())
+        self.chain = Chain.pretrained(options.chain_config()).to(self.device)
+        self.batches = 0
+
+    # -- facts about this worker ---------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """Where this worker runs: ``{stages, node_id, gpu_ids, pid, device, batches}``."""
+        return {**self._short_info(), "device": str(self.device), "batches": self.batches}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    # -- work ----------------------------------------------------------------------------------
+    def process(self, item: list[SongSpec] | StageBatch) -> StageBatch | list[SongResult]:
+        """Run this worker's part on a batch: songs (first worker) or a :class:`StageBatch`.
+
+        Returns the :class:`StageBatch` for the next worker, or (last worker) one
+        :class:`SongResult` per song. Errors of single songs (unreadable, NaN samples) are
+        results; an error of the whole batch (a stage failed) is raised, so the driver can
+        retry its songs one by one.
+        """
+        received = time.time()
+        batch = self._begin(item) if self.first else item
+        before = dict(batch.timings_s)
+        if not self.first and batch.sent_at:
+            _add(batch.timings_s, "hop", max(0.0, received - batch.sent_at))
+        batch.workers.append(self._short_info())
+        self.batches += 1
+        if batch.state is not None:
+            if not self.first:
+                batch.state = self._timed(batch, "h2d", lambda: batch.state.to(self.device))
+            with torch.no_grad():
+                for name in self.stages:
+                    batch.state = self._timed(
+                        batch, name, lambda n=name: self.chain.run_stages(batch.state, [n])
+                    )
+            if not self.last:
+                batch.state = self._timed(batch, "d2h", lambda: self._outgoing(batch.state))
+        out = self._finish(batch) if self.last else batch
+        _export_metrics(
+            {k: v - before.get(k, 0.0) for k, v in batch.timings_s.items() if v != before.get(k)},
+            self.device,
+        )
+        if self.last:
+            return out
+        batch.sent_at = time.time()
+        return batch
+
+    def _begin(self, specs: list[SongSpec]) -> StageBatch:
+        """Decode and begin each song alone (its errors stay its own), then batch them."""
+        songs, states, lengths, rates, failed = [], [], [], [], []
+        timings: dict[str, float] = {}
+        for spec in specs:
+            try:
+                t0 = time.perf_counter()
+                audio, info = read_audio(spec.input_path)
+                t1 = time.perf_counter()
+                x = audio.to(self.device).unsqueeze(0)
+                self._sync()
+                t2 = time.perf_counter()
+                with torch.no_grad():
+                    state = self.chain.begin(x, spec.conditioning, self.options.overrides)
+                self._sync()
+                t3 = time.perf_counter()
+            except LacquerError as exc:
+                failed.append(SongResult(spec.song_id, ok=False, error=str(exc)))
+                continue
+            _add(timings, "decode", t1 - t0)
+            _add(timings, "h2d", t2 - t1)
+            _add(timings, "begin", t3 - t2)
+            songs.append(spec)
+            states.append(state)
+            lengths.append(state.length)
+            rates.append(info.sample_rate)
+        return StageBatch(
+            songs=songs,
+            state=concat_states(states) if states else None,
+            lengths=lengths,
+            source_rates=rates,
+            failed=failed,
+            timings_s=timings,
+        )
+
+    def _finish(self, batch: StageBatch) -> list[SongResult]:
+        results = list(batch.failed)
+        if batch.state is None:
+            return results
+        out = self.chain.finish(batch.state)
+        audio = self._timed(batch, "d2h", lambda: out.audio.detach().to("cpu"))
+        n = len(batch.songs)
+        per_song = {k: v / n for k, v in batch.timings_s.items()}
+        for i, spec in enumerate(batch.songs):
+            master = audio[i, :, : batch.lengths[i]]
+            t0 = time.perf_counter()
+            try:
+                dest = write_audio(
+                    spec.output_path,
+                    master,
+                    sample_rate=SAMPLE_RATE,
+                    out_rate=self.options.out_rate or batch.source_rates[i],
+                    format=self.options.format,
+                )
+            except LacquerError as exc:
+                results.append(SongResult(spec.song_id, ok=False, error=str(exc)))
+                continue
+            t1 = time.perf_counter()
+            after = summary(master.unsqueeze(0))[0]
+            results.append(
+                SongResult(
+                    spec.song_id,
+                    ok=True,
+                    output_path=str(dest),
+                    duration_s=batch.lengths[i] / SAMPLE_RATE,
+                    after=after,
+                    timings_s={
+                        **{k: round(v, 5) for k, v in per_song.items()},
+                        "write": round(t1 - t0, 5),
+                        "measure": round(time.perf_counter() - t1, 5),
+                    },
+                    workers=batch.workers,
+                )
+            )
+        return results
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _outgoing(self, state: ChainState) -> ChainState:
+        """The state as it leaves this worker: on the host unless ``keep_on_device``, every
+        tensor contiguous (collective transports send contiguous buffers only)."""
+        if not self.keep_on_device:
+            state = state.to("cpu")
+        return ChainState(
+            audio=state.audio.contiguous(),
+            dry=None if state.dry is None else state.dry.contiguous(),
+            cond=ConditioningBatch(**{k: v.contiguous() for k, v in vars(state.cond).items()}),
+            overrides=state.overrides,
+            length=state.length,
+            params={k: {n: t.contiguous() for n, t in p.items()} for k, p in state.params.items()},
+            info=state.info,
+            done=state.done,
+        )
+
+    def _short_info(self) -> dict[str, Any]:
+        """``{stages, node_id, gpu_ids, pid}`` (node and GPUs empty outside Ray)."""
+        node_id, gpu_ids = _ray_placement()
+        return {
+            "stages": list(self.stages),
+            "node_id": node_id,
+            "gpu_ids": gpu_ids,
+            "pid": os.getpid(),
+        }
+
+    def _sync(self) -> None:
+        if self.profile and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _timed(self, batch: StageBatch, name: str, fn):
+        self._sync()
+        t0 = time.perf_counter()
+        result = fn()
+        self._sync()
+        _add(batch.timings_s, name, time.perf_counter() - t0)
+        return result
+
+
+def concat_states(states: list[ChainState]) -> ChainState:
+    """One batch state from per-song states that have run the same stages (``begin`` only,
+    typically): audio (and dry) zero-padded at the end to the longest, conditioning
+    concatenated. ``length`` becomes the longest song's; keep per-song lengths yourself.
+    Per-song overrides must be equal (the batch shares them)."""
+    if len(states) == 1:
+        return states[0]
+    longest = max(s.audio.shape[-1] for s in states)
+
+    def padded(t: torch.Tensor) -> torch.Tensor:
+        return F.pad(t, (0, longest - t.shape[-1]))
+
+    dry = None if states[0].dry is None else torch.cat([padded(s.dry) for s in states])
+    return ChainState(
+        audio=torch.cat([padded(s.audio) for s in states]),
+        dry=dry,
+        cond=ConditioningBatch.cat([s.cond for s in states]),
+        overrides=states[0].overrides,
+        length=max(s.length for s in states),
+        params={},
+        info={},
+        done=states[0].done,
+    )
+
+
+def _ray_placement() -> tuple[str, list[str]]:
+    """This process's Ray node id and GPU ids (``("", [])`` outside a Ray worker, e.g. when a
+    :class:`StageWorker` is used directly in one process)."""
+    import ray
+
+    if not ray.is_initialized():
+        return "", []
+    return ray.get_runtime_context().get_node_id(), [str(g) for g in ray.get_gpu_ids()]
+
+
+def _device_for_this_worker() -> str:
+    """``cuda`` when Ray gave this worker a GPU and CUDA is usable, else ``cpu`` (logical GPUs
+    in tests have ids but no CUDA). Outside Ray: ``cuda`` when available."""
+    import ray
+
+    if not ray.is_initialized():
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
+def _export_metrics(steps: dict[str, float], device: torch.device) -> None:
+    """This batch's step times (and the GPU's utilization) to Ray's metrics, inside Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    from actors import metrics
+
+    metrics.stage_batch(steps)
+    if device.type == "cuda":
+        metrics.gpu_utilization(device)
+
+
+def _add(timings: dict[str, float], key: str, seconds: float) -> None:
+    timings[key] = timings.get(key, 0.0) + seconds

@@ -1,0 +1,95 @@
+"""``lacquer render INPUT_DIR|MANIFEST -o OUT_DIR``: master many songs on a Ray render farm.
+
+No ``--address``: an embedded local Ray is started for the job and shut down after (or the
+cluster in ``RAY_ADDRESS``, as under ``ray job submit -- lacquer render ...``); with an
+address the job joins that cluster. Running the same command again resumes a killed job
+(the manifest ``OUT_DIR/lacquer-manifest.parquet`` records every song's state). The exit code
+is 1 when any song failed; the others still complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lacquer.commands.master import (
+    AUDIO_EXTENSIONS,
+    add_conditioning_arguments,
+    expand_inputs,
+    options_from_args,
+)
+from mastering.errors import InvalidParameterError
+
+MANIFEST_SUFFIXES = {".parquet", ".csv"}
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("render", help="master many songs on a Ray render farm")
+    p.add_argument("input", metavar="INPUT_DIR|MANIFEST", help="folder of songs or a manifest")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--address", help="Ray cluster to join (auto, host:6379, ray://host:10001)")
+    p.add_argument("--gpus", type=int, help="GPUs to use (default: all; 0: CPU workers)")
+    p.add_argument("--mode", default="pipeline", choices=("pipeline", "replicated"))
+    p.add_argument("--batch", type=int, default=1, help="songs per batch (default 1)")
+    p.add_argument("--max-in-flight", type=int, help="songs in flight per pipeline")
+    p.add_argument("--max-attempts", type=int, default=3, help="tries per song (worker deaths)")
+    p.add_argument(
+        "--transport",
+        default="object_store",
+        choices=("object_store", "gloo", "nccl"),
+        help="how batches move between stage workers (default: the object store)",
+    )
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per stage worker")
+    add_conditioning_arguments(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def songs_for(source: str, out_dir: Path):
+    """Songs of a folder (recursively; earlier masters in it are left out) or a manifest."""
+    from cluster.inputs import songs_from_files, songs_from_manifest
+
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
+        return songs_from_manifest(path)
+    if not path.is_dir():
+        raise InvalidParameterError("not a folder of songs nor a .parquet/.csv manifest", path)
+    out = out_dir.resolve()
+    files = [
+        f
+        for f in expand_inputs([str(path)])
+        if f.suffix.lower() in AUDIO_EXTENSIONS
+        and not (f.parent.resolve() == out and ".mastered" in f.suffixes)
+    ]
+    if not files:
+        raise InvalidParameterError("no audio files in the folder", path)
+    return songs_from_files(files, root=path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cluster.job import RenderConfig, RenderJob
+    from cluster.runtime import ray_session
+
+    options = options_from_args(args)
+    out_dir = Path(args.out)
+    songs = songs_for(args.input, out_dir)
+    config = RenderConfig(
+        out_dir=out_dir,
+        options=options,
+        gpus=args.gpus,
+        mode=args.mode,
+        batch=args.batch,
+        max_in_flight=args.max_in_flight,
+        max_attempts=args.max_attempts,
+        transport=args.transport,
+        cpus_per_group=args.cpus_per_worker,
+        progress=False if args.no_progress else None,
+    ).validate()
+    with ray_session(args.address, num_gpus=args.gpus):
+        job = RenderJob(songs, config)
+        summary = job.run()
+    print(job.plan.describe() if job.plan else "", file=sys.stderr)
+    for line in summary.lines():
+        print(line, file=sys.stderr)
+    return 1 if summary.failed else 0

@@ -1,0 +1,96 @@
+"""Stage workers as real Ray actors on the shared test cluster (logical GPUs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from actors.placement import plan_farm
+from actors.stage_actor import SongSpec, StageWorker, concat_states
+from mastering.chain import DEFAULT_ORDER, Chain
+from mastering.conditioning import Conditioning
+from mastering.io import read_audio, write_audio
+from mastering.loudness import integrated_loudness
+from mastering.render import MasterOptions
+from mastering.testsignals import music_like
+
+
+def test_concat_states_pads_to_the_longest_and_keeps_conditioning():
+    chain = Chain.pretrained()
+    a = chain.begin(music_like(1.5, seed=1).unsqueeze(0), Conditioning(genre="rock"))
+    b = chain.begin(music_like(2.0, seed=2).unsqueeze(0), Conditioning(genre="jazz"))
+    s = concat_states([a, b])
+    assert s.audio.shape == (2, 2, b.audio.shape[-1])
+    assert torch.equal(s.audio[0, :, : a.audio.shape[-1]], a.audio[0])
+    assert torch.all(s.audio[0, :, a.audio.shape[-1] :] == 0)
+    assert s.length == b.length
+    assert s.cond.genre.tolist() == [a.cond.genre.item(), b.cond.genre.item()]
+
+
+@pytest.mark.ray
+def test_pipeline_workers_get_their_own_gpus_on_one_node_and_master_songs(ray_cluster, tmp_path):
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    (pipe,) = plan_farm(DEFAULT_ORDER, gpus=3).pipelines
+    pg = placement_group(pipe.bundles, strategy=pipe.strategy)
+    ray.get(pg.ready(), timeout=60)
+    options = MasterOptions(format="wav32f")
+    last = len(pipe.groups) - 1
+    workers = [
+        ray.remote(StageWorker)
+        .options(
+            num_cpus=g.num_cpus,
+            num_gpus=g.num_gpus,
+            max_restarts=1,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                placement_group=pg, placement_group_bundle_index=g.bundle_index
+            ),
+        )
+        .remote(g.stages, options, first=i == 0, last=i == last)
+        for i, g in enumerate(pipe.groups)
+    ]
+    try:
+        infos = ray.get([w.info.remote() for w in workers])
+        gpu_ids = [tuple(i["gpu_ids"]) for i in infos]
+        assert all(len(ids) == 1 for ids in gpu_ids)
+        assert len(set(gpu_ids)) == len(workers)  # each stage group on its own GPU
+        assert len({i["node_id"] for i in infos}) == 1  # the pipeline stays on one node
+        assert [tuple(i["stages"]) for i in infos] == [g.stages for g in pipe.groups]
+
+        # Two songs of different lengths and a NaN one, in one batch.
+        paths = []
+        for k, seconds in enumerate((1.5, 2.5)):
+            p = tmp_path / f"s{k}.wav"
+            write_audio(p, music_like(seconds, seed=k), format="wav16")
+            paths.append(p)
+        bad = tmp_path / "nan.wav"
+        data = music_like(1.0, seed=9).T.numpy().copy()
+        data[100, 0] = np.nan
+        sf.write(bad, data, 48_000, subtype="FLOAT")
+        specs = [
+            SongSpec(p.stem, str(p), str(tmp_path / f"out-{p.stem}.wav"))
+            for p in [paths[0], bad, paths[1]]
+        ]
+        ref = specs
+        for w in workers:
+            ref = w.process.remote(ref)
+        results = {r.song_id: r for r in ray.get(ref, timeout=120)}
+        assert not results["nan"].ok
+        assert "nan.wav" in results["nan"].error and "NaN" in results["nan"].error
+        for k, p in enumerate(paths):
+            r = results[p.stem]
+            assert r.ok, r.error
+            out, _ = read_audio(r.output_path)
+            src, _ = read_audio(p)
+            assert out.shape == src.shape  # each song cut back to its own length
+            assert [w["stages"] for w in r.workers] == [list(g.stages) for g in pipe.groups]
+            lufs = float(integrated_loudness(out.unsqueeze(0))[0])
+            assert lufs == pytest.approx(-14.0, abs=0.6), (k, lufs)
+    finally:
+        for w in workers:
+            ray.kill(w)
+        remove_placement_group(pg)
