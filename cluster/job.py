@@ -249,13 +249,20 @@ class RenderJob:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         node_gpus = [int(n.get("Resources", {}).get("GPU", 0)) for n in nodes]
         gpus = int(sum(node_gpus)) if cfg.gpus is None else cfg.gpus
+        groups = cfg.groups
+        if gpus == 0 and groups is None and cfg.mode == "pipeline":
+            # CPU workers: as many stage groups as one node's CPUs hold (a laptop's 2 cores
+            # get a 2-group pipeline instead of seven workers that cannot be placed).
+            node_cpus = max((n.get("Resources", {}).get("CPU", 0.0) for n in nodes), default=1)
+            stages = self.config.options.chain_config().order
+            groups = max(1, min(len(stages), int(node_cpus // cfg.cpus_per_group)))
         return plan_farm(
             self.config.options.chain_config().order,
             gpus,
             cfg.mode,
             costs=cfg.costs,
             gpus_per_node=max(node_gpus, default=0) or None,
-            groups=cfg.groups,
+            groups=groups,
             cpu_pipelines=cfg.cpu_pipelines,
             cpus_per_group=cfg.cpus_per_group,
         )

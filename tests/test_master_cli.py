@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from mastering.io import read_audio, write_audio
 from mastering.loudness import integrated_loudness, true_peak
@@ -89,11 +89,16 @@ def test_unknown_genre_lists_valid_ones(mixes, tmp_path):
     assert "rock" in r.stderr  # the valid genres are listed
 
 
-def test_demo_writes_raw_mixes_and_masters(tmp_path):
+def test_demo_masters_raw_mixes_on_the_render_farm(tmp_path):
+    """README's main job: raw demo mixes mastered by ``lacquer render`` on embedded Ray."""
     r = lacquer("demo", "-o", str(tmp_path / "demo"))
     assert r.returncode == 0, r.stderr
-    wavs = sorted((tmp_path / "demo").rglob("*.wav"))
-    assert len(wavs) >= 6  # three raw mixes and their three masters
-    for p in wavs:
-        data, _ = sf.read(p, dtype="float32")
-        assert np.isfinite(data).all()
+    raw = sorted((tmp_path / "demo" / "raw").glob("*.wav"))
+    masters = sorted((tmp_path / "demo" / "mastered").glob("*.wav"))
+    assert len(raw) == 3
+    assert [p.name for p in masters] == [p.name for p in raw]
+    assert (tmp_path / "demo" / "mastered" / "lacquer-manifest.parquet").exists()
+    for p in masters:
+        audio, _ = read_audio(p)
+        assert torch.isfinite(audio).all()
+        assert abs(float(integrated_loudness(audio.unsqueeze(0).double())[0]) + 14.0) < 0.15

@@ -1,4 +1,4 @@
-"""``lacquer demo [-o demo]``: make a few raw demo mixes and master them, end to end.
+"""``lacquer demo [-o demo]``: make a few raw demo mixes and master them on the render farm.
 
 The demo songs are synthesized (``mastering.testsignals.music_like``) and then deliberately
 "mixed like raw generator output": uneven loudness (about ±6 LU), tilted tonal balance,
@@ -21,6 +21,7 @@ DEMO_SONGS = (
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="make demo mixes and master them (no input needed)")
     p.add_argument("-o", "--out", default="demo", help="folder for demo mixes and masters")
+    p.add_argument("--address", help="Ray cluster to join (default: an embedded local Ray)")
     return p
 
 
@@ -41,23 +42,29 @@ def make_demo_mix(seconds: float, gain_db: float, tilt_db_oct: float, width: flo
 
 
 def run(args: argparse.Namespace) -> int:
+    """Write the raw demo mixes and a manifest of their genres, then master them with the
+    render farm (``lacquer render``) on an embedded local Ray, or on ``--address``."""
+    import csv
+
     from lacquer.cli import main as lacquer_main
     from mastering.io import write_audio
 
-    raw = Path(args.out) / "raw"
+    out = Path(args.out)
+    raw = out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    for seed, (name, _genre, seconds, gain, tilt, width) in enumerate(DEMO_SONGS):
-        write_audio(
-            raw / f"{name}.wav", make_demo_mix(seconds, gain, tilt, width, seed), format="wav24"
-        )
-    print(f"wrote {len(DEMO_SONGS)} raw demo mixes to {raw}")
-    return lacquer_main(
-        [
-            "master",
-            str(raw),
-            "-o",
-            str(Path(args.out) / "mastered"),
-            "--report",
-            str(Path(args.out) / "report.json"),
-        ]
-    )
+    manifest = raw / "demo.csv"
+    with open(manifest, "w", newline="") as f:
+        rows = csv.writer(f)
+        rows.writerow(["input_path", "genre"])
+        for seed, (name, genre, seconds, gain, tilt, width) in enumerate(DEMO_SONGS):
+            write_audio(
+                raw / f"{name}.wav",
+                make_demo_mix(seconds, gain, tilt, width, seed),
+                format="wav24",
+            )
+            rows.writerow([f"{name}.wav", genre])
+    print(f"wrote {len(DEMO_SONGS)} raw demo mixes and {manifest.name} to {raw}")
+    argv = ["render", str(manifest), "-o", str(out / "mastered")]
+    if args.address:
+        argv += ["--address", args.address]
+    return lacquer_main(argv)
