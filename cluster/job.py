@@ -76,7 +76,11 @@ class RenderConfig:
         options: mastering options shared by all songs (target LUFS, ceiling dBTP, format...);
             ``options.conditioning`` is the default each song's own values override.
         gpus: GPUs to use; ``None``: all GPUs of the cluster; 0: CPU workers.
-        mode: ``pipeline`` or ``replicated`` (see :mod:`actors.placement`).
+        mode: ``replicated`` (default: the whole chain on every GPU) or ``pipeline`` (stage
+            groups on separate GPUs, songs streamed through; see :mod:`actors.placement`).
+            Replicated is the default because it measured faster: on 2 H200s, 32 one-minute
+            songs at batch 8, replicated ran 226x real time (88 % scaling from 1 GPU) and
+            pipeline 141x, whose object-store hop between GPUs cost ~0.4 s a song.
         batch: songs per batch (run through the stages together, padded to the longest).
         max_in_flight: songs submitted and unfinished per pipeline; default
             ``batch * (groups + 1)`` (every worker busy plus one batch waiting).
@@ -100,7 +104,7 @@ class RenderConfig:
     out_dir: Path
     options: MasterOptions = field(default_factory=MasterOptions)
     gpus: int | None = None
-    mode: str = "pipeline"
+    mode: str = "replicated"
     batch: int = 1
     max_in_flight: int | None = None
     max_attempts: int = 3

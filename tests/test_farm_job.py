@@ -43,7 +43,9 @@ def assert_no_partial_files(out: Path) -> None:
 
 def test_job_masters_every_song_to_target_on_separate_gpus(ray_cluster, tmp_path):
     songs = songs_from_files(write_songs(tmp_path / "in", 3), root=tmp_path / "in")
-    config = RenderConfig(tmp_path / "out", MasterOptions(target_lufs=-14.0), gpus=2, batch=1)
+    config = RenderConfig(
+        tmp_path / "out", MasterOptions(target_lufs=-14.0), gpus=2, batch=1, mode="pipeline"
+    )
     job = RenderJob(songs, config)
     summary = job.run(keep_workers=True)
     try:
@@ -74,7 +76,7 @@ def test_job_masters_every_song_to_target_on_separate_gpus(ray_cluster, tmp_path
     assert (again.skipped, again.rendered, again.done) == (3, 0, 3)
 
     # Ray Direct Transport (gloo on CPU) between the stage workers: the same masters, bit for bit.
-    rdt = RenderConfig(tmp_path / "rdt", config.options, gpus=2, transport="gloo")
+    rdt = RenderConfig(tmp_path / "rdt", config.options, gpus=2, transport="gloo", mode="pipeline")
     assert RenderJob(songs, rdt).run().done == 3
     for p in outs:
         assert (tmp_path / "rdt" / p.name).read_bytes() == p.read_bytes()
@@ -92,7 +94,7 @@ def test_poison_songs_fail_alone_with_their_errors(ray_cluster, tmp_path):
     songs = songs_from_files([good[0], corrupt, good[1], nan, good[2]], root=folder)
     # A per-song conditioning value that is invalid fails that song only, too.
     songs.append(SongInput("bad-genre", good[0], {"genre": "polka"}))
-    config = RenderConfig(tmp_path / "out", gpus=2, batch=2, max_restarts=1)
+    config = RenderConfig(tmp_path / "out", gpus=2, batch=2, max_restarts=1, mode="pipeline")
     summary = RenderJob(songs, config).run()
     assert summary.done == 3
     failures = dict(summary.failures)
@@ -116,7 +118,9 @@ def test_stage_worker_killed_mid_job_restarts_and_every_song_is_done_once(ray_cl
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
-    config = RenderConfig(tmp_path / "out", gpus=2, batch=1, max_in_flight=4, max_restarts=2)
+    config = RenderConfig(
+        tmp_path / "out", gpus=2, batch=1, max_in_flight=4, max_restarts=2, mode="pipeline"
+    )
     job = RenderJob(songs, config)
     summary = job.run(keep_workers=True, on_result=kill_last_worker_once)
     try:
@@ -156,7 +160,13 @@ def test_node_removed_mid_job_the_job_completes_on_the_remaining_nodes(ray_clust
             ray_cluster.remove_node(node)
 
     config = RenderConfig(
-        tmp_path / "out", gpus=2, batch=1, max_in_flight=4, max_restarts=3, max_attempts=4
+        tmp_path / "out",
+        gpus=2,
+        batch=1,
+        max_in_flight=4,
+        max_restarts=3,
+        max_attempts=4,
+        mode="pipeline",
     )
     job = RenderJob(songs, config)
     try:

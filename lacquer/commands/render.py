@@ -30,7 +30,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--address", help="Ray cluster to join (auto, host:6379, ray://host:10001)")
     p.add_argument("--gpus", type=int, help="GPUs to use (default: all; 0: CPU workers)")
-    p.add_argument("--mode", default="pipeline", choices=("pipeline", "replicated"))
+    p.add_argument(
+        "--mode",
+        default="replicated",
+        choices=("replicated", "pipeline"),
+        help="replicated: the whole chain on every GPU (default, measured faster); "
+        "pipeline: stage groups on separate GPUs",
+    )
     p.add_argument("--batch", type=int, default=1, help="songs per batch (default 1)")
     p.add_argument("--max-in-flight", type=int, help="songs in flight per pipeline")
     p.add_argument("--max-attempts", type=int, default=3, help="tries per song (worker deaths)")
