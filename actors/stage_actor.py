@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -140,6 +142,8 @@ class StageWorker:
         self.device = torch.device(_device_for_this_worker())
         self.chain = Chain.pretrained(options.chain_config()).to(self.device)
         self.batches = 0
+        #: Threads that decode and encode files: the CPUs Ray gave this worker.
+        self.io_threads = _assigned_cpus()
 
     # -- facts about this worker ---------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -186,13 +190,17 @@ class StageWorker:
         return batch
 
     def _begin(self, specs: list[SongSpec]) -> StageBatch:
-        """Decode and begin each song alone (its errors stay its own), then batch them."""
+        """Decode the songs (in parallel threads: libsndfile and soxr release the GIL), begin
+        each song alone on the device (its errors stay its own), then batch them."""
         songs, states, lengths, rates, failed = [], [], [], [], []
         timings: dict[str, float] = {}
-        for spec in specs:
+        with ThreadPoolExecutor(min(self.io_threads, max(1, len(specs)))) as pool:
+            decoded = list(pool.map(_decode, specs))
+        for spec, (result, seconds) in zip(specs, decoded, strict=True):
             try:
-                t0 = time.perf_counter()
-                audio, info = read_audio(spec.input_path)
+                if isinstance(result, LacquerError):
+                    raise result
+                audio, info = result
                 t1 = time.perf_counter()
                 x = audio.to(self.device).unsqueeze(0)
                 self._sync()
@@ -204,7 +212,7 @@ class StageWorker:
             except LacquerError as exc:
                 failed.append(SongResult(spec.song_id, ok=False, error=str(exc)))
                 continue
-            _add(timings, "decode", t1 - t0)
+            _add(timings, "decode", seconds)
             _add(timings, "h2d", t2 - t1)
             _add(timings, "begin", t3 - t2)
             songs.append(spec)
@@ -238,32 +246,38 @@ class StageWorker:
         audio = self._timed(batch, "d2h", lambda: out.audio.detach().to("cpu"))
         n = len(batch.songs)
         per_song = {k: v / n for k, v in batch.timings_s.items()}
-        for i, spec in enumerate(batch.songs):
-            master = audio[i, :, : batch.lengths[i]]
+
+        def write(i: int) -> tuple[Path | LacquerError, float]:
             t0 = time.perf_counter()
             try:
                 dest = write_audio(
-                    spec.output_path,
-                    master,
+                    batch.songs[i].output_path,
+                    audio[i, :, : batch.lengths[i]],
                     sample_rate=SAMPLE_RATE,
                     out_rate=self.options.out_rate or batch.source_rates[i],
                     format=self.options.format,
                 )
             except LacquerError as exc:
-                results.append(SongResult(spec.song_id, ok=False, error=str(exc)))
+                return exc, time.perf_counter() - t0
+            return dest, time.perf_counter() - t0
+
+        # Encode and write in parallel threads (libsndfile releases the GIL).
+        with ThreadPoolExecutor(min(self.io_threads, max(1, n))) as pool:
+            written = list(pool.map(write, range(n)))
+        for i, (spec, (dest, seconds)) in enumerate(zip(batch.songs, written, strict=True)):
+            if isinstance(dest, LacquerError):
+                results.append(SongResult(spec.song_id, ok=False, error=str(dest)))
                 continue
-            t1 = time.perf_counter()
-            after = afters[i]
             results.append(
                 SongResult(
                     spec.song_id,
                     ok=True,
                     output_path=str(dest),
                     duration_s=batch.lengths[i] / SAMPLE_RATE,
-                    after=after,
+                    after=afters[i],
                     timings_s={
                         **{k: round(v, 5) for k, v in per_song.items()},
-                        "write": round(t1 - t0, 5),
+                        "write": round(seconds, 5),
                     },
                     workers=batch.workers,
                 )
@@ -333,6 +347,26 @@ def concat_states(states: list[ChainState]) -> ChainState:
         info={},
         done=states[0].done,
     )
+
+
+def _decode(spec: SongSpec) -> tuple[Any, float]:
+    """``((audio, info) | the LacquerError, seconds)`` of reading one song."""
+    t0 = time.perf_counter()
+    try:
+        result: Any = read_audio(spec.input_path)
+    except LacquerError as exc:
+        result = exc
+    return result, time.perf_counter() - t0
+
+
+def _assigned_cpus() -> int:
+    """Whole CPUs Ray assigned to this worker (1 outside Ray)."""
+    import ray
+
+    if not ray.is_initialized():
+        return 1
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    return max(1, int(cpus))
 
 
 def _ray_placement() -> tuple[str, list[str]]:

@@ -78,7 +78,16 @@ def in_process(paths: list[Path], out: Path, threads: int) -> float:
     return time.perf_counter() - t
 
 
-def farm(paths, out: Path, gpus: int, mode: str, batch: int, profile: bool, transport: str):
+def farm(
+    paths,
+    out: Path,
+    gpus: int,
+    mode: str,
+    batch: int,
+    profile: bool,
+    transport: str,
+    cpus_per_worker: float = 1.0,
+):
     """(summary, start-up seconds, mean per-song breakdown) of one farm run."""
     import pyarrow.parquet as pq
 
@@ -91,6 +100,7 @@ def farm(paths, out: Path, gpus: int, mode: str, batch: int, profile: bool, tran
         progress=False,
         profile=profile,
         transport=transport,
+        cpus_per_group=cpus_per_worker,
     )
     job = RenderJob(songs_from_files(paths), config)
     t = time.perf_counter()
@@ -157,6 +167,12 @@ def main() -> None:
         help="between stage workers: object_store, gloo (CPU) or nccl (GPU -> GPU)",
     )
     ap.add_argument("--no-pedalboard", action="store_true")
+    ap.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=1.0,
+        help="CPUs each stage worker reserves (its decode/encode threads)",
+    )
     args = ap.parse_args()
     gpu_counts = [int(g) for g in args.gpus.split(",")]
     modes = args.mode.split(",")
@@ -189,7 +205,7 @@ def main() -> None:
                 for gpus in gpu_counts:
                     out = tmp / f"farm-{mode}-{gpus}"
                     summary, startup, steps = farm(
-                        paths, out, gpus, mode, batch, cuda, args.transport
+                        paths, out, gpus, mode, batch, cuda, args.transport, args.cpus_per_worker
                     )
                     assert summary.done == args.songs, summary.lines()
                     rows.append(
