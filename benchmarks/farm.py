@@ -198,8 +198,11 @@ def main() -> None:
             rows.append(("chain in one process, 1 thread", "-", t, ""))
         t0 = time.perf_counter()
         num_gpus = None if cuda else max(gpu_counts)
+        # On CPU every stage worker reserves one logical CPU: give Ray enough of them for the
+        # widest pipeline (oversubscribing a small machine's cores, which the table then shows).
+        num_cpus = None if cuda else max(os.cpu_count() or 1, max(gpu_counts) + 1)
         breakdown = []
-        with ray_session(None, num_gpus=num_gpus):
+        with ray_session(None, num_gpus=num_gpus, num_cpus=num_cpus):
             ray_start = time.perf_counter() - t0
             for mode in modes:
                 for gpus in gpu_counts:
