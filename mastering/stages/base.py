@@ -64,9 +64,18 @@ class Stage(nn.Module):
     def predict(
         self, x: Tensor, ctx: StageContext, overrides: Mapping[str, Any] | None = None
     ) -> Params:
-        """Bounded physical values: ``to_physical(to_raw(prior) + residual)``, then overrides."""
+        """Bounded physical values: ``to_physical(to_raw(prior) + residual)``, then overrides.
+
+        With a style adapter attached (:meth:`attach_adapter`), the adapter first rewrites the
+        context the prior and the residual read (``adapter.context(ctx)``) and then offsets
+        the residual's raw outputs (``adapter.offsets(delta)``)."""
+        adapter = self._modules.get("adapter")
+        if adapter is not None:
+            ctx = adapter.context(ctx)
         prior = self.prior(x, ctx)
         delta = self.residual(x, ctx)
+        if adapter is not None:
+            delta = adapter.offsets(delta)
         params: Params = {}
         for s in self.specs:
             raw = s.to_raw(prior[s.name])
@@ -74,6 +83,15 @@ class Stage(nn.Module):
                 raw = raw + delta[s.name]
             params[s.name] = s.to_physical(raw)
         return self.apply_overrides(params, overrides)
+
+    def attach_adapter(self, adapter: nn.Module | None) -> None:
+        """Attach a style adapter (an ``nn.Module`` with ``context(ctx) -> ctx`` and
+        ``offsets(delta) -> delta``, see :mod:`mastering.adapters`) or detach it (``None``).
+        It becomes the submodule ``adapter`` (its weights appear in the state dict)."""
+        if "adapter" in self._modules:
+            del self._modules["adapter"]
+        if adapter is not None:
+            self.add_module("adapter", adapter)
 
     def apply_overrides(self, params: Params, overrides: Mapping[str, Any] | None) -> Params:
         """Replace predicted values by user values (physical units, checked against the spec)."""
