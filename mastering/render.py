@@ -43,6 +43,11 @@ class MasterOptions:
         overrides: ``{stage: {param: value}}`` in physical units.
         bypass: stage names to skip.
         device: ``"cpu"`` or ``"cuda"``.
+        reference: path of a reference master to match (:mod:`mastering.reference`), or None.
+        match_steps: gradient steps refining the match (:mod:`mastering.matching`); needs a
+            reference.
+        sections: section-aware conditioning (:mod:`mastering.sections`); off = one setting
+            for the whole song.
     """
 
     conditioning: Conditioning = field(default_factory=Conditioning)
@@ -53,8 +58,18 @@ class MasterOptions:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     bypass: tuple[str, ...] = ()
     device: str = "cpu"
+    reference: str | None = None
+    match_steps: int = 0
+    sections: bool = False
 
     def validate(self) -> MasterOptions:
+        if self.match_steps:
+            from mastering.matching import MAX_STEPS
+
+            if not 0 <= self.match_steps <= MAX_STEPS:
+                raise InvalidParameterError(f"match steps must be within 0..{MAX_STEPS}")
+            if self.reference is None:
+                raise InvalidParameterError("match steps need a reference (--reference PATH)")
         if self.format not in FORMATS:
             raise InvalidParameterError(
                 f"unknown format {self.format!r}; valid: {', '.join(FORMATS)}"
@@ -109,6 +124,20 @@ def master_tensor(
 ) -> tuple[Tensor, ChainOutput]:
     """Master one song ``audio [2, samples]`` at 48 kHz; returns the master ``[2, samples]``."""
     x = audio.to(options.device, torch.float32).unsqueeze(0)
+    if options.reference is not None or options.sections:
+        from mastering.matching import master_guided
+
+        # Guided masters need the chain itself (a retrying wrapper keeps it as ``.chain``).
+        out = master_guided(
+            getattr(chain, "chain", chain),
+            x,
+            options.conditioning,
+            overrides=options.overrides,
+            reference=options.reference,
+            match_steps=options.match_steps,
+            sections=options.sections,
+        )
+        return out.audio[0], out
     with torch.no_grad():
         out = chain(x, options.conditioning, overrides=options.overrides)
     return out.audio[0], out
@@ -148,6 +177,7 @@ def master_file(
         "before": before,
         "after": after,
         "parameters": out.parameters_json(0, chain.stages),
+        **{k: out.info[k][0] for k in ("reference", "sections") if k in out.info},
         "timings_s": {
             "read": round(t_read - t0, 4),
             "master": round(t_master - t_read, 4),
