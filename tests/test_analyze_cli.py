@@ -28,6 +28,10 @@ KEYS = {
     "momentary_max_lufs",
     "short_term_max_lufs",
     "plr_db",
+    "loudness_sone",
+    "loudness_phon",
+    "loudness_max_sone",
+    "full_scale_spl",
     "duration_s",
     "sample_rate",
     "channels",
@@ -146,3 +150,18 @@ def test_module_entry_point_subprocess(files):
     assert [Path(r["file"]).name for r in rows] == ["music.wav", "tone mono.flac"]
     assert proc.stderr.count("\n") == 1 and "corrupt.wav" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_perceived_loudness_is_opt_in(files, capsys):
+    """Without ``--perceived`` the sone/phon keys are null; with it, a louder copy of the same
+    music reads more sone (ISO 532-1, :mod:`mastering.psychoacoustic`)."""
+    assert main(["analyze", "--json", str(files["music"])]) == 0
+    (plain,) = _json_lines(capsys.readouterr().out)
+    assert plain["loudness_sone"] is None and plain["loudness_phon"] is None
+    args = ["analyze", "--json", "--perceived", str(files["music"])]
+    assert main(args) == 0
+    (quiet,) = _json_lines(capsys.readouterr().out)
+    assert main([*args[:-1], "--full-scale-spl", "110", str(files["music"])]) == 0
+    (loud,) = _json_lines(capsys.readouterr().out)
+    assert 0 < quiet["loudness_sone"] < loud["loudness_sone"]
+    assert loud["loudness_phon"] > quiet["loudness_phon"]

@@ -7,7 +7,11 @@ with 4x oversampling, sample peak in dBFS, momentary/short-term maxima in LUFS, 
 source's own rate and channel count are reported beside the values. Mono files are measured
 as one channel (as BS.1770 defines), not as the dual-mono stereo pair ``read_audio`` returns;
 files with more than two channels are folded to stereo first (``read_audio(downmix=True)``),
-which a note says.
+which a note says. Beside BS.1770, the perceived loudness of ISO 532-1 (Zwicker, time-varying;
+:mod:`mastering.psychoacoustic`): ``N5`` in sone (the loudness exceeded 5 % of the time), its
+loudness level in phon, and the maximum ``N(t)``, under the calibration that a digital RMS of
+1.0 plays at ``--full-scale-spl`` dB SPL (default 100); computed with ``--perceived`` only
+(about 0.5 s of CPU per second of audio), ``null`` otherwise.
 
 Output: a table (one line per file) or, with ``--json``, one JSON object per line per file with
 the keys of :meth:`mastering.loudness.LoudnessReport.to_dict` (``null`` where undefined) plus
@@ -34,6 +38,8 @@ _COLUMNS = (
     ("momentary_max_lufs", "M max", 7),
     ("short_term_max_lufs", "S max", 7),
     ("plr_db", "PLR dB", 7),
+    ("loudness_sone", "N5 sone", 8),
+    ("loudness_phon", "LN phon", 8),
 )
 
 
@@ -52,10 +58,28 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=(4, 8, 16),
         help="true-peak oversampling factor (default 4, the BS.1770 minimum at 48 kHz)",
     )
+    p.add_argument(
+        "--perceived",
+        action="store_true",
+        help="also measure ISO 532-1 perceived loudness (sone/phon; slow: ~0.5 s per s of audio)",
+    )
+    p.add_argument(
+        "--full-scale-spl",
+        type=float,
+        default=100.0,
+        metavar="DB",
+        help="dB SPL a digital RMS of 1.0 plays at, for the sone/phon columns (default 100)",
+    )
     return p
 
 
-def analyze_file(path: str, *, true_peak_oversample: int = 4) -> dict[str, Any]:
+def analyze_file(
+    path: str,
+    *,
+    true_peak_oversample: int = 4,
+    full_scale_spl: float = 100.0,
+    perceived: bool = False,
+) -> dict[str, Any]:
     """Measurements of one file as a JSON-ready dict (see the module docstring).
 
     Raises:
@@ -63,6 +87,7 @@ def analyze_file(path: str, *, true_peak_oversample: int = 4) -> dict[str, Any]:
     """
     from mastering.io import probe_audio, read_audio
     from mastering.loudness import measure
+    from mastering.psychoacoustic import loudness_time_varying
 
     info = probe_audio(path)
     notes: list[str] = []
@@ -74,9 +99,14 @@ def analyze_file(path: str, *, true_peak_oversample: int = 4) -> dict[str, Any]:
     if info.sample_rate != 48_000:
         notes.append(f"resampled from {info.sample_rate} Hz to 48000 Hz before measuring")
     report = measure(audio, 48_000, true_peak_oversample=true_peak_oversample)
+    zwicker = loudness_time_varying(audio, full_scale_db_spl=full_scale_spl) if perceived else None
     return {
         "file": str(path),
         **report.to_dict(),
+        "loudness_sone": round(float(zwicker.sone), 3) if zwicker else None,
+        "loudness_phon": round(float(zwicker.phon), 2) if zwicker else None,
+        "loudness_max_sone": round(float(zwicker.sone_max), 3) if zwicker else None,
+        "full_scale_spl": full_scale_spl,
         "source_sample_rate": info.sample_rate,
         "source_channels": info.channels,
         "notes": [*notes, *report.notes],
@@ -107,7 +137,12 @@ def run(args: argparse.Namespace) -> int:
         print(format_header(), flush=True)
     for path in args.files:
         try:
-            row = analyze_file(path, true_peak_oversample=args.true_peak_oversample)
+            row = analyze_file(
+                path,
+                true_peak_oversample=args.true_peak_oversample,
+                full_scale_spl=args.full_scale_spl,
+                perceived=args.perceived,
+            )
         except LacquerError as exc:
             failed += 1
             message = str(exc) if exc.path else f"{path}: {exc.problem}"

@@ -296,9 +296,19 @@ class Imager(Stage):
         }
         return queue[..., :n], new_state
 
-    def _finish(self, buf: Tensor, gain_req: Tensor, buf_start: int, n_out: int) -> Tensor:
+    def _finish(
+        self,
+        buf: Tensor,
+        gain_req: Tensor,
+        buf_start: int,
+        n_out: int,
+        parts: Tensor | None = None,
+    ) -> Tensor:
         """Output frames 2 .. 2 + n_out - 1 of ``buf [batch, 7, (n_out + 4) * hop]`` (its frames
-        0-1 are context, the last two look-ahead) as left/right ``[batch, 2, n_out * hop]``."""
+        0-1 are context, the last two look-ahead) as left/right ``[batch, 2, n_out * hop]``.
+
+        With ``parts [P, 7, same]`` (band signals of parts summing to a one-song ``buf``), the
+        gains computed on ``buf`` are applied to each part instead: ``[P, 2, n_out * hop]``."""
         e = _frame_energy(buf)  # [b, 7, F]
         band_caps = _cap_db(e[:, 1:4], e[:, 4:7])  # [b, 3, F]
         band_gain = _knots_to_samples(band_caps)  # frames 1 .. F-2
@@ -311,6 +321,33 @@ class Imager(Stage):
         safety_caps = _cap_db(_frame_energy(mid), _frame_energy(side)).clamp(max=0.0)
         safety = _knots_to_samples(safety_caps)  # frames 2 .. F-3
         keep = slice(FRAME_HOP, FRAME_HOP + safety.shape[-1])
+        if parts is not None:
+            side = torch.pow(10.0, gain / 20.0) * parts[:, 4:7, FRAME_HOP : FRAME_HOP + length]
+            side = side.sum(1)
+            mid = parts[:, 0, FRAME_HOP : FRAME_HOP + length]
         side = torch.pow(10.0, safety / 20.0) * side[:, keep]
         out = from_mid_side(torch.stack([mid[:, keep], side], dim=1))
         return out[..., : n_out * FRAME_HOP]
+
+    def process_shared(self, x: Tensor, parts: Tensor, params: Params) -> Tensor:
+        """Offline, latency-compensated imaging of ``parts [P, 2, N]`` with every gain (side
+        bands, caps, safety) computed on ``x [1, 2, N]``, their sum; for stem mastering
+        (:mod:`mastering.stems`). The outputs sum to ``run_aligned(self, x, params)``."""
+        n = x.shape[-1] + LATENCY
+        mono_hz = params["mono_below_hz"].to(x.dtype).reshape(1, 1)
+        z, _ = self._split(F.pad(x, (0, LATENCY)), mono_hz, None)
+        zp, _ = self._split(F.pad(parts, (0, LATENCY)), mono_hz.expand(parts.shape[0], 1), None)
+        buf = F.pad(z, (2 * FRAME_HOP, 0))
+        bufp = F.pad(zp, (2 * FRAME_HOP, 0))
+        complete = buf.shape[-1] // FRAME_HOP
+        n_out = max(0, complete - 4)
+        end = complete * FRAME_HOP
+        y = self._finish(
+            buf[..., :end],
+            params["side_gain_db"].to(x.dtype),
+            -2 * FRAME_HOP,
+            n_out,
+            parts=bufp[..., :end],
+        )
+        queue = torch.cat([parts.new_zeros(parts.shape[0], 2, LATENCY), y], dim=-1)
+        return queue[..., :n][..., LATENCY:]

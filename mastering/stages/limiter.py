@@ -163,5 +163,23 @@ class Limiter(Stage):
         )
         return y, new_state
 
+    def gain_curve_db(self, x: Tensor, params: Params) -> Tensor:
+        """The gain ``[batch, N]`` in dB (trim + drive - gain reduction) that the offline,
+        latency-compensated rendering applies to ``x [batch, 2, N]``:
+        ``run_aligned(self, x, params) == x * 10^(gain / 20)``. Stem mastering
+        (:mod:`mastering.stems`) computes it on the sum and applies it to every stem."""
+        lat = self.latency(params)
+        gain = (params["trim_db"] + params["drive_db"]).reshape(-1)
+        _, neg_reduction, _ = lookahead_limiter(
+            torch.nn.functional.pad(x, (0, lat)),
+            params["ceiling_dbtp"].reshape(-1),
+            lat,
+            params["release_ms"].reshape(-1),
+            gain_db=gain,
+            oversample=self.oversample,
+            sample_rate=SAMPLE_RATE,
+        )
+        return gain.unsqueeze(-1) + neg_reduction[..., lat:]
+
 
 __all__ = ["Limiter", "density_features"]

@@ -405,6 +405,23 @@ class MasterOut(Stage):
         )
         return y, new_state
 
+    def gain_curve_db(self, x: Tensor, params: Params) -> Tensor:
+        """The gain ``[batch, N]`` in dB (normalizing gain - safety limiting) that the offline,
+        latency-compensated rendering applies to ``x [batch, 2, N]``:
+        ``run_aligned(self, x, params) == x * 10^(gain / 20)``. Stem mastering
+        (:mod:`mastering.stems`) computes it on the sum and applies it to every stem."""
+        lat = self.latency(params)
+        gain = params["gain_db"].reshape(-1)
+        _, neg_reduction, _ = lookahead_limiter(
+            F.pad(x, (0, lat)),
+            params["limit_ceiling_dbtp"].reshape(-1),
+            lat,
+            self.release_ms,
+            gain_db=gain,
+            oversample=self.true_peak_oversample,
+        )
+        return gain.unsqueeze(-1) + neg_reduction[..., lat:]
+
 
 def _drive(searches: list[Generator[Any, Any, Any]], answer: Callable[[list], list]) -> list[Any]:
     """Run coroutines in lockstep: each round, collect every live one's request, answer them
