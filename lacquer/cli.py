@@ -22,6 +22,12 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
     "render": "render",
     "corpus": "corpus",
+    "train": "train",
+    "evaluate": "evaluate",
+    "feedback": "feedback",
+    "serve": "serve",
+    "tune": "tune",
+    "improve": "improve",
 }
 
 

@@ -4,6 +4,11 @@ Inputs are files, folders (searched for audio files) and glob patterns. Each out
 the input's stem. One line per file with before -> after measurements; ``--report`` writes
 every file's full JSON report, ``--params-out`` the parameters used, ``--plot`` a PNG.
 The exit code is 1 when any file failed; the others still complete.
+
+Each master is scored (:mod:`mastering.evaluation`) and re-mastered with altered parameters
+while below the threshold, up to ``--retry-attempts`` attempts in all, keeping the best
+(:mod:`tuning.retry`); ``--no-retry`` turns scoring and retries off. ``--feedback DIR`` appends
+every attempt to the feedback tables (:mod:`tuning.store`).
 """
 
 from __future__ import annotations
@@ -66,6 +71,9 @@ def options_from_args(args: argparse.Namespace):
         overrides=parse_overrides(args.set),
         bypass=tuple(args.bypass),
         device=getattr(args, "device", "cpu"),
+        reference=getattr(args, "reference", None),
+        match_steps=getattr(args, "match_steps", 0),
+        sections=getattr(args, "sections", "off") == "on",
     ).validate()
 
 
@@ -105,7 +113,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("master", help="master audio files on this machine")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or globs")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="files, folders or globs")
     p.add_argument("-o", "--out", default="mastered", help="output folder (default: mastered/)")
     add_conditioning_arguments(p)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -113,7 +121,133 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--report", help="write the full per-file report (JSON) here")
     p.add_argument("--plot", help="write a PNG of before/after spectra and loudness here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_spatial_arguments(p)
+    add_guidance_arguments(p)
+    add_retry_arguments(p)
     return p
+
+
+def add_spatial_arguments(p: argparse.ArgumentParser) -> None:
+    """Stem-aware mastering (:mod:`mastering.stems`) and headphone renders
+    (:mod:`mastering.binaural`)."""
+    p.add_argument(
+        "--stems",
+        nargs="+",
+        metavar="FILE",
+        help="master time-aligned stems together (vocals/drums/bass/other by name); writes "
+        "each processed stem and their summed master stems_mix",
+    )
+    p.add_argument(
+        "--binaural",
+        action="store_true",
+        help="also write <name>.binaural: the master rendered for headphones (KEMAR HRIRs)",
+    )
+
+
+def run_stems(args: argparse.Namespace, options, chain, out_dir: Path) -> int:
+    """``--stems``: one stem-aware master; one line, or one error line naming the file."""
+    from mastering.stems import master_stem_files
+
+    try:
+        report = master_stem_files(chain, args.stems, out_dir, options)
+        if args.binaural:
+            report["binaural"] = binaural_output(report["output"], out_dir, options)
+    except LacquerError as exc:
+        print(f"stems: FAILED: {exc}", file=sys.stderr)
+        return 1
+    if args.report:
+        write_json_atomic(args.report, {"stems": report})
+    report["input"] = "stems_mix"
+    print(
+        describe_line(report)
+        + f" | remix error {report['remix_error_db']:.1f} dB | {len(report['outputs'])} stems"
+    )
+    print(f"{len(report['outputs'])} stems mastered -> {out_dir}", file=sys.stderr)
+    return 0
+
+
+def binaural_output(master: str, out_dir: Path, options) -> dict[str, Any]:
+    """Render a written master for headphones (``--binaural``); its report."""
+    from mastering.binaural import binaural_file
+
+    return binaural_file(
+        master,
+        out_dir,
+        target_lufs=options.target_lufs,
+        ceiling_dbtp=options.ceiling_dbtp,
+        format=options.format,
+        out_rate=options.out_rate,
+    )
+
+
+def add_guidance_arguments(p: argparse.ArgumentParser) -> None:
+    """Reference matching and section-aware dynamics (:mod:`mastering.matching`)."""
+    p.add_argument("--reference", metavar="PATH", help="master like this reference track")
+    p.add_argument(
+        "--match-steps", type=int, default=0, metavar="N", help="refine the match: N steps"
+    )
+    p.add_argument(
+        "--sections",
+        choices=("on", "off"),
+        default="off",
+        help="per-section conditioning (on) or one setting for the whole song (off, default)",
+    )
+
+
+def add_retry_arguments(p: argparse.ArgumentParser) -> None:
+    """Auto-retry flags (:mod:`tuning.retry`): on by default with a small cap."""
+    p.add_argument("--no-retry", action="store_true", help="no scoring, no auto-retry")
+    p.add_argument(
+        "--retry-attempts",
+        type=int,
+        default=None,
+        help="attempts per song, the first included (default: the tuned policy's, else 3)",
+    )
+    p.add_argument(
+        "--retry-threshold", type=float, default=None, help="retry below this score (0-100)"
+    )
+    p.add_argument("--feedback", metavar="DIR", help="record every attempt in this feedback store")
+
+
+def retry_runner(chain, args: argparse.Namespace):
+    """The chain wrapped in :class:`tuning.retry.RetryingChain` unless ``--no-retry``."""
+    if args.no_retry:
+        return chain
+    from tuning.retry import RetryingChain
+    from tuning.tune_retry import load_retry_policy
+
+    # The policy `lacquer tune retry` saved in the feedback store (--feedback, else
+    # $LACQUER_FEEDBACK_DIR, else ./feedback), or the default one.
+    policy = load_retry_policy(args.feedback, max_attempts=args.retry_attempts)
+    if args.retry_threshold is not None:
+        policy.threshold = args.retry_threshold
+    return RetryingChain(chain, policy)
+
+
+def record_attempts(runner, report: dict[str, Any], args: argparse.Namespace) -> None:
+    """Add the retry attempts to ``report`` and, with ``--feedback``, to the store."""
+    attempts = getattr(runner, "last_attempts", None)
+    if not attempts:
+        return  # --no-retry, or a guided master (reference/sections), which is not retried
+    runner.last_attempts = []  # never reported again for the next file
+    kept = next(a for a in attempts[0] if a.best)
+    report["evaluation"] = {"score": kept.score, "attempt": kept.number, "of": len(attempts[0])}
+    report["attempts"] = [
+        {k: v for k, v in a.to_dict().items() if k != "parameters"} for a in attempts[0]
+    ]
+    if args.feedback:
+        from tuning.store import FeedbackStore, attempt_rows, chain_version, hash_file
+
+        rows = attempt_rows(
+            song_id=Path(report["input"]).stem,
+            input_hash=hash_file(report["input"]),
+            conditioning=report["conditioning"],
+            attempts=attempts[0],
+            metrics_before=report["before"],
+            metrics_after=report["after"],
+            chain_version=chain_version(),
+        )
+        FeedbackStore(args.feedback).append(rows)
 
 
 def _fmt(v: float | None, spec: str = "6.1f") -> str:
@@ -157,24 +291,39 @@ def run(args: argparse.Namespace) -> int:
     from mastering.render import master_file
 
     options = options_from_args(args)
+    if args.stems:
+        if args.inputs:
+            raise InvalidParameterError("give either INPUT files or --stems, not both")
+        out_dir = Path(args.out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        chain = Chain.pretrained(options.chain_config()).to(options.device)
+        return run_stems(args, options, chain, out_dir)
     files = expand_inputs(args.inputs)
     if not files:
         raise InvalidParameterError("no input files")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     chain = Chain.pretrained(options.chain_config()).to(options.device)
+    runner = retry_runner(chain, args)
     reports, failures = [], []
     bar = tqdm(files, unit="file", disable=args.no_progress or not sys.stderr.isatty())
     for path in bar:
         bar.set_description(path.name)
         try:
-            report = master_file(chain, path, out_dir, options)
+            report = master_file(runner, path, out_dir, options)
+            record_attempts(runner, report, args)
+            if args.binaural:
+                report["binaural"] = binaural_output(report["output"], out_dir, options)
         except LacquerError as exc:
             failures.append({"input": str(path), "error": str(exc)})
             tqdm.write(f"{path.name}: FAILED: {exc}", file=sys.stderr)
             continue
         reports.append(report)
-        tqdm.write(describe_line(report))
+        score = report.get("evaluation")
+        tqdm.write(
+            describe_line(report)
+            + ("" if not score else f" | score {score['score']:.1f} ({score['of']} att.)")
+        )
     if args.report:
         write_json_atomic(args.report, {"files": reports, "failures": failures})
     if args.params_out:
