@@ -90,7 +90,9 @@ class Service(Protocol):
     max_upload_bytes: int
     upload_dir: str | None
 
-    async def master(self, upload: Upload, params: MasterParams) -> dict[str, Any]: ...
+    async def master(
+        self, upload: Upload, params: MasterParams, series: bool = False
+    ) -> dict[str, Any]: ...
 
     async def analyze(self, upload: Upload) -> dict[str, Any]: ...
 
@@ -150,7 +152,9 @@ def build_api(service: Service) -> FastAPI:
             await upload.receive(request)
             request.state.filename = upload.filename
             params = _merge_fields(query, upload.fields)
-            result = await service.master(upload, params)
+            # The studio's plot series cost host time: only for callers of the full report.
+            full = "multipart/mixed" in request.headers.get("accept", "")
+            result = await service.master(upload, params, series=full)
         except BaseException:
             upload.__exit__()
             raise

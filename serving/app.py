@@ -112,7 +112,12 @@ class Ingress:
         report = await asyncio.to_thread(analysis, audio, info)
         return {"file": upload.filename, **report}
 
-    async def master(self, upload: Upload, params: MasterParams) -> dict[str, Any]:
+    async def master(
+        self, upload: Upload, params: MasterParams, series: bool = False
+    ) -> dict[str, Any]:
+        """Master one upload; ``series``: add the studio page's plot data to the full report
+        (``None`` there otherwise)."""
+        want_series = series
         t0 = time.perf_counter()
         job = self._job(params)  # parameters first: a bad one costs no decode
         job.audio, info = await asyncio.to_thread(decode, upload.path)
@@ -120,7 +125,9 @@ class Ingress:
         t_decode = time.perf_counter()
         done, attempts = await self._pipeline(job)
         t_chain = time.perf_counter()
-        series = await asyncio.to_thread(studio_series, job.audio, done.audio, job.mono)
+        series = None
+        if want_series:
+            series = await asyncio.to_thread(studio_series, job.audio, done.audio, job.mono)
         path = await asyncio.to_thread(encode, done.audio, info, params.format, upload.path.parent)
         before = {**done.before, "source": source_info(info)}
         after = done.after
