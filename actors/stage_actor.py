@@ -69,6 +69,8 @@ class SongResult:
         output_path: file written.
         duration_s: song length, seconds.
         after: measurements of the master (``mastering.render.summary``: LUFS, dBTP, ...).
+        scores: the evaluation model's scores of the master (``score`` and one per sub-score,
+            0-100; :mod:`mastering.evaluation`).
         timings_s: seconds spent per step for the batch it was in, divided by its size.
         workers: ``[{stages, node_id, gpu_ids, pid, device}]`` of the workers it went through.
     """
@@ -79,6 +81,7 @@ class SongResult:
     output_path: str | None = None
     duration_s: float = 0.0
     after: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     workers: list[dict[str, Any]] = field(default_factory=list)
 
@@ -144,6 +147,7 @@ class StageWorker:
         self.batches = 0
         #: Threads that decode and encode files: the CPUs Ray gave this worker.
         self.io_threads = _assigned_cpus()
+        self._evaluator = None
 
     # -- facts about this worker ---------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -237,9 +241,14 @@ class StageWorker:
         # thread it was the farm's largest per-song cost), then copy the batch to the host.
         t_measure = time.perf_counter()
         with torch.no_grad():
-            afters = [
-                summary(out.audio[i : i + 1, :, : batch.lengths[i]].detach())[0]
+            masters = [
+                out.audio[i : i + 1, :, : batch.lengths[i]].detach()
                 for i in range(len(batch.songs))
+            ]
+            afters = [summary(m)[0] for m in masters]
+            scores = [
+                self._score(m, spec.conditioning.genre)
+                for m, spec in zip(masters, batch.songs, strict=True)
             ]
         self._sync()
         _add(batch.timings_s, "measure", time.perf_counter() - t_measure)
@@ -275,6 +284,7 @@ class StageWorker:
                     output_path=str(dest),
                     duration_s=batch.lengths[i] / SAMPLE_RATE,
                     after=afters[i],
+                    scores=scores[i],
                     timings_s={
                         **{k: round(v, 5) for k, v in per_song.items()},
                         "write": round(seconds, 5),
@@ -283,6 +293,16 @@ class StageWorker:
                 )
             )
         return results
+
+    def _score(self, master: torch.Tensor, genre: str | None) -> dict[str, float]:
+        """Every master is scored (the quality loop's evaluation model, made once per worker
+        with the job's loudness target and ceiling)."""
+        if self._evaluator is None:
+            from mastering.evaluation import Evaluator
+
+            self._evaluator = Evaluator(self.options.target_lufs, self.options.ceiling_dbtp)
+        ev = self._evaluator(master, [genre]).item(0)
+        return {"score": ev["score"], **{f"score_{k}": v for k, v in ev["sub_scores"].items()}}
 
     # -- helpers -------------------------------------------------------------------------------
     def _outgoing(self, state: ChainState) -> ChainState:

@@ -692,6 +692,7 @@ def _metrics_row(rec: SongRecord, r: SongResult, pipeline: int) -> dict[str, Any
         "integrated_lufs": r.after.get("integrated_lufs"),
         "true_peak_dbtp": r.after.get("true_peak_dbtp"),
         "lra_lu": r.after.get("lra_lu"),
+        **{k: float(v) for k, v in sorted(r.scores.items())},
     }
     row.update({f"t_{k}_s": float(v) for k, v in sorted(r.timings_s.items())})
     return row

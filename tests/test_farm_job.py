@@ -69,6 +69,8 @@ def test_job_masters_every_song_to_target_on_separate_gpus(ray_cluster, tmp_path
     metrics = pq.read_table(summary.metrics_path).to_pylist()
     assert sorted(m["song_id"] for m in metrics) == sorted(s.song_id for s in songs)
     assert all(m["t_exciter_s"] > 0 and m["duration_s"] >= 2.0 for m in metrics)
+    # Every master is scored by the evaluation model (0-100, with its sub-scores).
+    assert all(0.0 <= m["score"] <= 100.0 and 0.0 <= m["score_loudness"] <= 100.0 for m in metrics)
     assert_no_partial_files(tmp_path / "out")
 
     # The same job again: nothing redone.
