@@ -15,8 +15,8 @@ from mastering.errors import InvalidParameterError
 from mastering.evaluation import SUB_SCORES, Evaluator
 from mastering.io import write_audio
 from mastering.render import MasterOptions
+from mastering.retry import RetryingChain, RetryPolicy, master_with_retry
 from mastering.testsignals import music_like
-from tuning.retry import RetryingChain, RetryPolicy, master_with_retry
 from tuning.store import FeedbackStore
 
 

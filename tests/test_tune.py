@@ -49,7 +49,7 @@ def test_trial_table_round_trip(tmp_path):
 
 
 def test_load_retry_policy_defaults_and_caps(tmp_path):
-    from tuning.retry import DEFAULT_PERTURBATIONS, RetryPolicy
+    from mastering.retry import DEFAULT_PERTURBATIONS, RetryPolicy
     from tuning.tune_retry import load_retry_policy
 
     assert load_retry_policy(tmp_path).max_attempts == RetryPolicy().max_attempts

@@ -327,7 +327,7 @@ def attempt_rows(
     node: str | None = None,
     gpu: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows for :meth:`FeedbackStore.append` from :class:`tuning.retry.Attempt` records.
+    """Rows for :meth:`FeedbackStore.append` from :class:`mastering.retry.Attempt` records.
 
     Each row's ``params`` is ``{"overrides": what the retry set, "parameters": every stage's
     parameters}``; ``metrics_after`` is the attempt's evaluator measurements, plus for the kept

@@ -1,11 +1,11 @@
-"""``lacquer tune retry``: a Ray Tune search of the auto-retry policy (:mod:`tuning.retry`).
+"""``lacquer tune retry``: a Ray Tune search of the auto-retry policy (:mod:`mastering.retry`).
 
 Searched (``param_space``, :func:`retry_space`):
 
 * ``threshold``: retry below this score (0-100);
 * ``max_attempts``: attempts in all, the first included;
 * ``scale_dynamics``, ``scale_tone``, ``scale_stereo``: multipliers of the default
-  perturbation steps (:data:`tuning.retry.DEFAULT_PERTURBATIONS`) of the dynamics parameters
+  perturbation steps (:data:`mastering.retry.DEFAULT_PERTURBATIONS`) of the dynamics parameters
   (limiter drive, compressor ratio/threshold), the tone parameters (EQ shelves, exciter drive)
   and the stereo parameters (imager side gain, mono-below frequency).
 
@@ -13,7 +13,7 @@ The corpus sample (:class:`Corpus`) is songs from a folder of audio files or a p
 (the raw mixes), or, when none is given, :func:`mastering.testsignals.music_like` songs each
 degraded by one problem of :mod:`mastering.degradations` (severity 0.5-1, seeded). Every song
 is cropped to ``seconds`` from its middle. One **iteration** of a trial masters one batch of
-``batch_size`` songs with :func:`tuning.retry.master_with_retry` and reports the running
+``batch_size`` songs with :func:`mastering.retry.master_with_retry` and reports the running
 means over every song so far; ASHA stops weak trials at the batch rungs.
 
 Objective (maximized)::
@@ -26,7 +26,7 @@ attempt must buy to be worth it (default 2.0). ``share_above`` (share of songs a
 the *default* pass score :data:`mastering.evaluation.PASS_SCORE`) is reported alongside.
 
 The best configuration goes to ``<store>/best/retry.json``; :func:`load_retry_policy` turns it
-into a :class:`tuning.retry.RetryPolicy` (``lacquer master`` picks it up through it).
+into a :class:`mastering.retry.RetryPolicy` (``lacquer master`` picks it up through it).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from mastering.errors import InvalidParameterError
-from tuning.retry import DEFAULT_PERTURBATIONS, RetryPolicy
+from mastering.retry import DEFAULT_PERTURBATIONS, RetryPolicy
 from tuning.search import SearchError, best_result, record_trials, run_experiment
 from tuning.trials import load_best, save_best
 
@@ -179,7 +179,7 @@ def retry_trainable(config: dict[str, Any], corpus: Corpus | None = None) -> Non
     from mastering.chain import Chain
     from mastering.evaluation import PASS_SCORE, Evaluator
     from mastering.render import MasterOptions
-    from tuning.retry import master_with_retry
+    from mastering.retry import master_with_retry
     from tuning.search import load_state, report, trial_device
 
     torch.set_num_threads(1)

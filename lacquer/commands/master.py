@@ -7,7 +7,7 @@ The exit code is 1 when any file failed; the others still complete.
 
 Each master is scored (:mod:`mastering.evaluation`) and re-mastered with altered parameters
 while below the threshold, up to ``--retry-attempts`` attempts in all, keeping the best
-(:mod:`tuning.retry`); ``--no-retry`` turns scoring and retries off. ``--feedback DIR`` appends
+(:mod:`mastering.retry`); ``--no-retry`` turns scoring and retries off. ``--feedback DIR`` appends
 every attempt to the feedback tables (:mod:`tuning.store`).
 """
 
@@ -195,7 +195,7 @@ def add_guidance_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_retry_arguments(p: argparse.ArgumentParser) -> None:
-    """Auto-retry flags (:mod:`tuning.retry`): on by default with a small cap."""
+    """Auto-retry flags (:mod:`mastering.retry`): on by default with a small cap."""
     p.add_argument("--no-retry", action="store_true", help="no scoring, no auto-retry")
     p.add_argument(
         "--retry-attempts",
@@ -210,10 +210,10 @@ def add_retry_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def retry_runner(chain, args: argparse.Namespace):
-    """The chain wrapped in :class:`tuning.retry.RetryingChain` unless ``--no-retry``."""
+    """The chain wrapped in :class:`mastering.retry.RetryingChain` unless ``--no-retry``."""
     if args.no_retry:
         return chain
-    from tuning.retry import RetryingChain
+    from mastering.retry import RetryingChain
     from tuning.tune_retry import load_retry_policy
 
     # The policy `lacquer tune retry` saved in the feedback store (--feedback, else
