@@ -24,6 +24,7 @@ all three roles; a one-group pipeline (``replicated`` mode) does all three in on
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -87,6 +88,16 @@ class SongResult:
 
 
 @dataclass
+class _Finished:
+    """A finished batch on the host: ``audio [batch, 2, samples]`` (CPU) and per song the
+    master's measurements and scores."""
+
+    audio: torch.Tensor
+    afters: list[dict[str, Any]]
+    scores: list[dict[str, float]]
+
+
+@dataclass
 class StageBatch:
     """Songs part-way through a pipeline: what one worker hands the next.
 
@@ -147,6 +158,8 @@ class StageWorker:
         self.batches = 0
         #: Threads that decode and encode files: the CPUs Ray gave this worker.
         self.io_threads = _assigned_cpus()
+        #: Held while a batch is on the device (see :meth:`process`).
+        self.device_lock = threading.Lock()
         self._evaluator = None
 
     # -- facts about this worker ---------------------------------------------------------------
@@ -165,25 +178,36 @@ class StageWorker:
         :class:`SongResult` per song. Errors of single songs (unreadable, NaN samples) are
         results; an error of the whole batch (a stage failed) is raised, so the driver can
         retry its songs one by one.
+
+        Thread-safe: the host work (decoding, encoding and writing files) runs outside
+        :attr:`device_lock`, the device work inside it, so an actor made with
+        ``max_concurrency > 1`` decodes the next batch and writes the previous one while the
+        GPU runs this one, with one batch on the device at a time.
         """
         received = time.time()
-        batch = self._begin(item) if self.first else item
-        before = dict(batch.timings_s)
-        if not self.first and batch.sent_at:
-            _add(batch.timings_s, "hop", max(0.0, received - batch.sent_at))
-        batch.workers.append(self._short_info())
-        self.batches += 1
-        if batch.state is not None:
-            if not self.first:
-                batch.state = self._timed(batch, "h2d", lambda: batch.state.to(self.device))
-            with torch.no_grad():
-                for name in self.stages:
-                    batch.state = self._timed(
-                        batch, name, lambda n=name: self.chain.run_stages(batch.state, [n])
-                    )
-            if not self.last:
-                batch.state = self._timed(batch, "d2h", lambda: self._outgoing(batch.state))
-        out = self._finish(batch) if self.last else batch
+        decoded = self._decode(item) if self.first else None
+        t_wait = time.perf_counter()
+        with self.device_lock:
+            waited = time.perf_counter() - t_wait
+            batch = self._begin(item, decoded) if self.first else item
+            before = dict(batch.timings_s)
+            if not self.first and batch.sent_at:
+                _add(batch.timings_s, "hop", max(0.0, received - batch.sent_at - waited))
+            _add(batch.timings_s, "wait", waited)
+            batch.workers.append(self._short_info())
+            self.batches += 1
+            if batch.state is not None:
+                if not self.first:
+                    batch.state = self._timed(batch, "h2d", lambda: batch.state.to(self.device))
+                with torch.no_grad():
+                    for name in self.stages:
+                        batch.state = self._timed(
+                            batch, name, lambda n=name: self.chain.run_stages(batch.state, [n])
+                        )
+                if not self.last:
+                    batch.state = self._timed(batch, "d2h", lambda: self._outgoing(batch.state))
+            finished = self._finish_on_device(batch) if self.last else None
+        out = self._write(batch, finished) if self.last else batch
         _export_metrics(
             {k: v - before.get(k, 0.0) for k, v in batch.timings_s.items() if v != before.get(k)},
             self.device,
@@ -193,13 +217,17 @@ class StageWorker:
         batch.sent_at = time.time()
         return batch
 
-    def _begin(self, specs: list[SongSpec]) -> StageBatch:
-        """Decode the songs (in parallel threads: libsndfile and soxr release the GIL), begin
-        each song alone on the device (its errors stay its own), then batch them."""
+    def _decode(self, specs: list[SongSpec]) -> list[tuple[Any, float]]:
+        """Read the songs' files in parallel threads (libsndfile and soxr release the GIL):
+        per song ``((audio, info) | its LacquerError, seconds)``. Host only."""
+        with ThreadPoolExecutor(min(self.io_threads, max(1, len(specs)))) as pool:
+            return list(pool.map(_decode, specs))
+
+    def _begin(self, specs: list[SongSpec], decoded: list[tuple[Any, float]]) -> StageBatch:
+        """Begin each decoded song alone on the device (its errors stay its own), then batch
+        the survivors."""
         songs, states, lengths, rates, failed = [], [], [], [], []
         timings: dict[str, float] = {}
-        with ThreadPoolExecutor(min(self.io_threads, max(1, len(specs)))) as pool:
-            decoded = list(pool.map(_decode, specs))
         for spec, (result, seconds) in zip(specs, decoded, strict=True):
             try:
                 if isinstance(result, LacquerError):
@@ -232,13 +260,13 @@ class StageWorker:
             timings_s=timings,
         )
 
-    def _finish(self, batch: StageBatch) -> list[SongResult]:
-        results = list(batch.failed)
+    def _finish_on_device(self, batch: StageBatch) -> _Finished | None:
+        """Finish the chain, measure and score each master where it is (on the GPU the meter
+        is ~10 ms a song; on one CPU thread it was the farm's largest per-song cost), then
+        copy the batch to the host. ``None`` when no song survived decoding."""
         if batch.state is None:
-            return results
+            return None
         out = self.chain.finish(batch.state)
-        # Measure each master where it is (on the GPU the meter is ~10 ms a song; on one CPU
-        # thread it was the farm's largest per-song cost), then copy the batch to the host.
         t_measure = time.perf_counter()
         with torch.no_grad():
             masters = [
@@ -253,6 +281,14 @@ class StageWorker:
         self._sync()
         _add(batch.timings_s, "measure", time.perf_counter() - t_measure)
         audio = self._timed(batch, "d2h", lambda: out.audio.detach().to("cpu"))
+        return _Finished(audio, afters, scores)
+
+    def _write(self, batch: StageBatch, finished: _Finished | None) -> list[SongResult]:
+        """Encode and write every master atomically, in parallel threads (libsndfile
+        releases the GIL); one :class:`SongResult` per song. Host only."""
+        results = list(batch.failed)
+        if finished is None:
+            return results
         n = len(batch.songs)
         per_song = {k: v / n for k, v in batch.timings_s.items()}
 
@@ -261,7 +297,7 @@ class StageWorker:
             try:
                 dest = write_audio(
                     batch.songs[i].output_path,
-                    audio[i, :, : batch.lengths[i]],
+                    finished.audio[i, :, : batch.lengths[i]],
                     sample_rate=SAMPLE_RATE,
                     out_rate=self.options.out_rate or batch.source_rates[i],
                     format=self.options.format,
@@ -270,7 +306,6 @@ class StageWorker:
                 return exc, time.perf_counter() - t0
             return dest, time.perf_counter() - t0
 
-        # Encode and write in parallel threads (libsndfile releases the GIL).
         with ThreadPoolExecutor(min(self.io_threads, max(1, n))) as pool:
             written = list(pool.map(write, range(n)))
         for i, (spec, (dest, seconds)) in enumerate(zip(batch.songs, written, strict=True)):
@@ -283,8 +318,8 @@ class StageWorker:
                     ok=True,
                     output_path=str(dest),
                     duration_s=batch.lengths[i] / SAMPLE_RATE,
-                    after=afters[i],
-                    scores=scores[i],
+                    after=finished.afters[i],
+                    scores=finished.scores[i],
                     timings_s={
                         **{k: round(v, 5) for k, v in per_song.items()},
                         "write": round(seconds, 5),

@@ -27,6 +27,7 @@ and actor start-up (loading the chain) are printed separately.
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing as mp
 import os
 import sys
@@ -51,7 +52,7 @@ from mastering.testsignals import music_like  # noqa: E402
 SR = 48_000
 #: Breakdown columns (metrics ``t_<name>_s``), in pipeline order; stages are inserted.
 BEFORE = ("decode", "h2d", "begin")
-AFTER = ("hop", "d2h", "write", "measure")
+AFTER = ("hop", "wait", "d2h", "write", "measure")
 
 
 def make_songs(folder: Path, n: int, seconds: float) -> list[Path]:
@@ -87,6 +88,7 @@ def farm(
     profile: bool,
     transport: str,
     cpus_per_worker: float = 1.0,
+    overlap: int = 3,
 ):
     """(summary, start-up seconds, mean per-song breakdown) of one farm run."""
     import pyarrow.parquet as pq
@@ -101,6 +103,7 @@ def farm(
         profile=profile,
         transport=transport,
         cpus_per_group=cpus_per_worker,
+        overlap=overlap,
     )
     job = RenderJob(songs_from_files(paths), config)
     t = time.perf_counter()
@@ -143,13 +146,21 @@ def pedalboard_all_cores(paths: list[Path], out: Path) -> float | None:
         return time.perf_counter() - t
 
 
+def _label(mode: str, overlap: int, overlaps: list[int]) -> str:
+    """Row name of a farm run (the overlap shown only when several are compared)."""
+    return f"farm {mode}" + (f" overlap {overlap}" if len(overlaps) > 1 else "")
+
+
 def print_breakdown(rows, stages) -> None:
     cols = [*BEFORE, *stages, *AFTER]
-    print("\nper-song breakdown, ms (batch totals / batch size; hop = transfer + queue wait):")
-    print(f"{'mode':<11} {'gpus':>4} " + " ".join(f"{c[:10]:>10}" for c in cols))
-    for mode, gpus, steps in rows:
+    print(
+        "\nper-song breakdown, ms (batch totals / batch size; hop = transfer + queue; "
+        "wait = for the device, behind the same worker's other batches):"
+    )
+    print(f"{'run':<30} {'gpus':>4} " + " ".join(f"{c[:10]:>10}" for c in cols))
+    for name, gpus, steps in rows:
         print(
-            f"{mode:<11} {gpus:>4} " + " ".join(f"{1000 * steps.get(c, 0.0):>10.1f}" for c in cols)
+            f"{name:<30} {gpus:>4} " + " ".join(f"{1000 * steps.get(c, 0.0):>10.1f}" for c in cols)
         )
 
 
@@ -173,7 +184,14 @@ def main() -> None:
         default=1.0,
         help="CPUs each stage worker reserves (its decode/encode threads)",
     )
+    ap.add_argument(
+        "--overlap",
+        default="3",
+        help="batches a worker holds at once (host I/O overlapped with the device), "
+        "comma-separated to compare, e.g. 1,3",
+    )
     args = ap.parse_args()
+    overlaps = [int(o) for o in args.overlap.split(",")]
     gpu_counts = [int(g) for g in args.gpus.split(",")]
     modes = args.mode.split(",")
     cuda = args.device == "cuda"
@@ -204,17 +222,23 @@ def main() -> None:
         breakdown = []
         with ray_session(None, num_gpus=num_gpus, num_cpus=num_cpus):
             ray_start = time.perf_counter() - t0
-            for mode in modes:
-                for gpus in gpu_counts:
-                    out = tmp / f"farm-{mode}-{gpus}"
-                    summary, startup, steps = farm(
-                        paths, out, gpus, mode, batch, cuda, args.transport, args.cpus_per_worker
-                    )
-                    assert summary.done == args.songs, summary.lines()
-                    rows.append(
-                        (f"farm {mode}", str(gpus), summary.seconds, f"actors up {startup:.1f} s")
-                    )
-                    breakdown.append((mode, gpus, steps))
+            for mode, overlap, gpus in itertools.product(modes, overlaps, gpu_counts):
+                out = tmp / f"farm-{mode}-{overlap}-{gpus}"
+                summary, startup, steps = farm(
+                    paths,
+                    out,
+                    gpus,
+                    mode,
+                    batch,
+                    cuda,
+                    args.transport,
+                    args.cpus_per_worker,
+                    overlap,
+                )
+                assert summary.done == args.songs, summary.lines()
+                name = _label(mode, overlap, overlaps)
+                rows.append((name, str(gpus), summary.seconds, f"actors up {startup:.1f} s"))
+                breakdown.append((name, gpus, steps))
         if cuda and not args.no_pedalboard:
             out = tmp / "pedalboard"
             out.mkdir()
@@ -227,30 +251,31 @@ def main() -> None:
     for name, gpus, t, note in rows:
         print(f"{name:<34} {gpus:>4} {t:>8.2f} {args.songs / t:>8.2f} {audio_s / t:>8.1f}  {note}")
     by = {(n, g): t for n, g, t, _ in rows}
+    names = [_label(m, o, overlaps) for m, o in itertools.product(modes, overlaps)]
     if not cuda:
         base = by[("chain in one process, 1 thread", "-")]
-        for mode in modes:
+        for name in names:
             for g in gpu_counts:
-                t = by[(f"farm {mode}", str(g))]
+                t = by[(name, str(g))]
                 print(
-                    f"farm {mode} on {g} logical GPU(s) ({g} worker(s), 1 CPU each) / "
+                    f"{name} on {g} logical GPU(s) ({g} worker(s), 1 CPU each) / "
                     f"chain in one process: {t / base:.2f}x the time, "
                     f"{base / t:.2f}x the throughput"
                 )
     else:
-        for mode in modes:
-            g0 = min(gpu_counts)
+        g0 = min(gpu_counts)
+        for name in names:
             for g in gpu_counts:
                 if g == g0:
                     continue
-                eff = by[(f"farm {mode}", str(g0))] * g0 / (by[(f"farm {mode}", str(g))] * g)
-                print(f"scaling efficiency {mode} {g0} -> {g} GPUs: {100 * eff:.0f} %")
+                eff = by[(name, str(g0))] * g0 / (by[(name, str(g))] * g)
+                print(f"scaling efficiency {name} {g0} -> {g} GPUs: {100 * eff:.0f} %")
         pb = [t for n, _, t, _ in rows if n.startswith("pedalboard")]
         if pb:
-            for mode in modes:
+            for name in names:
                 g = max(gpu_counts)
-                ratio = pb[0] / by[(f"farm {mode}", str(g))]
-                print(f"farm {mode} on {g} GPUs vs pedalboard on all cores: {ratio:.1f}x")
+                ratio = pb[0] / by[(name, str(g))]
+                print(f"{name} on {g} GPUs vs pedalboard on all cores: {ratio:.2f}x")
     stages = list(Chain().config.order)
     print_breakdown(breakdown, stages)
 

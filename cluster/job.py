@@ -83,9 +83,14 @@ class RenderConfig:
             pipeline 141x, whose object-store hop between GPUs cost ~0.4 s a song.
         batch: songs per batch (run through the stages together, padded to the longest).
         max_in_flight: songs submitted and unfinished per pipeline; default
-            ``batch * (groups + 1)`` (every worker busy plus one batch waiting).
+            ``batch * (groups + overlap)`` (every worker busy, plus the batches its host
+            threads decode and write meanwhile).
         max_attempts: tries per song when workers die under it.
         max_restarts: restarts per stage worker (``-1``: unlimited).
+        overlap: batches a worker holds at once: with 3 (default) it decodes the next batch
+            and writes the previous one on its CPUs while the device runs this one (one batch
+            on the device at a time); 1 runs them one after another. Ray Direct Transport
+            (``gloo``/``nccl``) needs 1: its actors may not run calls concurrently.
         transport: ``object_store`` (default), or Ray Direct Transport over ``gloo`` (CPU
             tensors) or ``nccl`` (GPU tensors stay on the GPU).
         groups: stage groups per pipeline (default: one per GPU; see ``plan_farm``).
@@ -109,6 +114,7 @@ class RenderConfig:
     max_in_flight: int | None = None
     max_attempts: int = 3
     max_restarts: int = 3
+    overlap: int = 3
     transport: str = "object_store"
     groups: int | None = None
     costs: Mapping[str, float] | None = None
@@ -132,6 +138,10 @@ class RenderConfig:
             raise InvalidParameterError(
                 f"unknown transport {self.transport!r}; valid: {', '.join(TRANSPORTS)}"
             )
+        if self.overlap < 1:
+            raise InvalidParameterError(f"overlap must be >= 1, got {self.overlap}")
+        if self.transport != "object_store":
+            self.overlap = 1
         return self
 
 
@@ -303,6 +313,7 @@ class RenderJob:
             remote_cls.options(
                 num_cpus=g.num_cpus,
                 num_gpus=g.num_gpus,
+                max_concurrency=cfg.overlap,
                 max_restarts=cfg.max_restarts,
                 max_task_retries=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
@@ -488,7 +499,7 @@ class RenderJob:
         cfg = self.config
         submitted = False
         for pipe in live:
-            cap = cfg.max_in_flight or cfg.batch * (len(pipe.plan.groups) + 1)
+            cap = cfg.max_in_flight or cfg.batch * (len(pipe.plan.groups) + cfg.overlap)
             while pending and pipe.songs_in_flight < cap:
                 ids = [pending.popleft()]
                 while (

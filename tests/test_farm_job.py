@@ -83,6 +83,15 @@ def test_job_masters_every_song_to_target_on_separate_gpus(ray_cluster, tmp_path
     for p in outs:
         assert (tmp_path / "rdt" / p.name).read_bytes() == p.read_bytes()
 
+    # Replicated workers overlap decoding and writing with the device (three batches held at
+    # once, the default) or run them one after another: the same masters either way.
+    for overlap in (3, 1):
+        folder = tmp_path / f"overlap{overlap}"
+        cfg = RenderConfig(folder, config.options, gpus=1, overlap=overlap, max_in_flight=3)
+        assert RenderJob(songs, cfg).run().done == 3
+        for p in outs:
+            assert (folder / p.name).read_bytes() == p.read_bytes(), (overlap, p.name)
+
 
 def test_poison_songs_fail_alone_with_their_errors(ray_cluster, tmp_path):
     folder = tmp_path / "in"
