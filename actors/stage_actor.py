@@ -219,68 +219,86 @@ class StageWorker:
 
     def _decode(self, specs: list[SongSpec]) -> list[tuple[Any, float]]:
         """Read the songs' files in parallel threads (libsndfile and soxr release the GIL):
-        per song ``((audio, info) | its LacquerError, seconds)``. Host only."""
+        per song ``((audio, info) | its LacquerError, seconds)``; on a GPU worker the audio is
+        put in page-locked memory (a faster, asynchronous copy to the device). Host only."""
+        pin = self.device.type == "cuda"
         with ThreadPoolExecutor(min(self.io_threads, max(1, len(specs)))) as pool:
-            return list(pool.map(_decode, specs))
+            return list(pool.map(lambda spec: _decode(spec, pin), specs))
 
     def _begin(self, specs: list[SongSpec], decoded: list[tuple[Any, float]]) -> StageBatch:
-        """Begin each decoded song alone on the device (its errors stay its own), then batch
-        the survivors."""
-        songs, states, lengths, rates, failed = [], [], [], [], []
+        """Begin the decoded songs on the device, songs of equal length together, then batch
+        the survivors. When a group fails (a song with NaN samples, say) its songs begin one
+        by one, so each error stays its own song's."""
+        ready = [
+            (spec, result, seconds)
+            for spec, (result, seconds) in zip(specs, decoded, strict=True)
+            if not isinstance(result, LacquerError)
+        ]
+        failed = [
+            SongResult(spec.song_id, ok=False, error=str(result))
+            for spec, (result, _) in zip(specs, decoded, strict=True)
+            if isinstance(result, LacquerError)
+        ]
         timings: dict[str, float] = {}
-        for spec, (result, seconds) in zip(specs, decoded, strict=True):
+        begun: list[tuple[list[tuple[SongSpec, Any, float]], ChainState]] = []
+        for group in _equal_length_groups(ready, lambda r: r[1][0].shape[-1]):
             try:
-                if isinstance(result, LacquerError):
-                    raise result
-                audio, info = result
-                t1 = time.perf_counter()
-                x = audio.to(self.device).unsqueeze(0)
-                self._sync()
-                t2 = time.perf_counter()
-                with torch.no_grad():
-                    state = self.chain.begin(x, spec.conditioning, self.options.overrides)
-                self._sync()
-                t3 = time.perf_counter()
-            except LacquerError as exc:
-                failed.append(SongResult(spec.song_id, ok=False, error=str(exc)))
-                continue
-            _add(timings, "decode", seconds)
-            _add(timings, "h2d", t2 - t1)
-            _add(timings, "begin", t3 - t2)
-            songs.append(spec)
-            states.append(state)
-            lengths.append(state.length)
-            rates.append(info.sample_rate)
+                begun.append((group, self._begin_group(group, timings)))
+            except LacquerError:
+                for one in group:
+                    try:
+                        begun.append(([one], self._begin_group([one], timings)))
+                    except LacquerError as exc:
+                        failed.append(SongResult(one[0].song_id, ok=False, error=str(exc)))
+        songs = [spec for group, _ in begun for spec, _, _ in group]
+        for group, _ in begun:
+            _add(timings, "decode", sum(seconds for _, _, seconds in group))
         return StageBatch(
             songs=songs,
-            state=concat_states(states) if states else None,
-            lengths=lengths,
-            source_rates=rates,
+            state=concat_states([state for _, state in begun]) if begun else None,
+            lengths=[state.length for group, state in begun for _ in group],
+            source_rates=[info.sample_rate for group, _ in begun for _, (_, info), _ in group],
             failed=failed,
             timings_s=timings,
         )
 
+    def _begin_group(self, group: list[tuple[SongSpec, Any, float]], timings) -> ChainState:
+        """``Chain.begin`` on songs of one length (each with its own conditioning)."""
+        t1 = time.perf_counter()
+        x = torch.stack([audio for _, (audio, _), _ in group]).to(self.device, non_blocking=True)
+        self._sync()
+        t2 = time.perf_counter()
+        with torch.no_grad():
+            conditioning = [spec.conditioning for spec, _, _ in group]
+            state = self.chain.begin(x, conditioning, self.options.overrides)
+        self._sync()
+        _add(timings, "h2d", t2 - t1)
+        _add(timings, "begin", time.perf_counter() - t2)
+        return state
+
     def _finish_on_device(self, batch: StageBatch) -> _Finished | None:
-        """Finish the chain, measure and score each master where it is (on the GPU the meter
-        is ~10 ms a song; on one CPU thread it was the farm's largest per-song cost), then
-        copy the batch to the host. ``None`` when no song survived decoding."""
+        """Finish the chain, measure and score the masters where they are (on the GPU the
+        meter is ~10 ms a song; on one CPU thread it was the farm's largest per-song cost),
+        songs of equal length together, then copy the batch to the host. ``None`` when no
+        song survived decoding."""
         if batch.state is None:
             return None
         out = self.chain.finish(batch.state)
         t_measure = time.perf_counter()
+        n = len(batch.songs)
+        afters: list[dict[str, Any]] = [{}] * n
+        scores: list[dict[str, float]] = [{}] * n
         with torch.no_grad():
-            masters = [
-                out.audio[i : i + 1, :, : batch.lengths[i]].detach()
-                for i in range(len(batch.songs))
-            ]
-            afters = [summary(m)[0] for m in masters]
-            scores = [
-                self._score(m, spec.conditioning.genre)
-                for m, spec in zip(masters, batch.songs, strict=True)
-            ]
+            for group in _equal_length_groups(list(range(n)), lambda i: batch.lengths[i]):
+                masters = out.audio[group, :, : batch.lengths[group[0]]].detach()
+                genres = [batch.songs[i].conditioning.genre for i in group]
+                for i, after, score in zip(
+                    group, summary(masters), self._score(masters, genres), strict=True
+                ):
+                    afters[i], scores[i] = after, score
         self._sync()
         _add(batch.timings_s, "measure", time.perf_counter() - t_measure)
-        audio = self._timed(batch, "d2h", lambda: out.audio.detach().to("cpu"))
+        audio = self._timed(batch, "d2h", lambda: _to_host(out.audio.detach()))
         return _Finished(audio, afters, scores)
 
     def _write(self, batch: StageBatch, finished: _Finished | None) -> list[SongResult]:
@@ -329,15 +347,19 @@ class StageWorker:
             )
         return results
 
-    def _score(self, master: torch.Tensor, genre: str | None) -> dict[str, float]:
+    def _score(self, masters: torch.Tensor, genres: list[str | None]) -> list[dict[str, float]]:
         """Every master is scored (the quality loop's evaluation model, made once per worker
-        with the job's loudness target and ceiling)."""
+        with the job's loudness target and ceiling): per song ``score`` and ``score_<sub>``."""
         if self._evaluator is None:
             from mastering.evaluation import Evaluator
 
             self._evaluator = Evaluator(self.options.target_lufs, self.options.ceiling_dbtp)
-        ev = self._evaluator(master, [genre]).item(0)
-        return {"score": ev["score"], **{f"score_{k}": v for k, v in ev["sub_scores"].items()}}
+        ev = self._evaluator(masters, genres)
+        items = [ev.item(i) for i in range(masters.shape[0])]
+        return [
+            {"score": e["score"], **{f"score_{k}": v for k, v in e["sub_scores"].items()}}
+            for e in items
+        ]
 
     # -- helpers -------------------------------------------------------------------------------
     def _outgoing(self, state: ChainState) -> ChainState:
@@ -404,14 +426,36 @@ def concat_states(states: list[ChainState]) -> ChainState:
     )
 
 
-def _decode(spec: SongSpec) -> tuple[Any, float]:
-    """``((audio, info) | the LacquerError, seconds)`` of reading one song."""
+def _decode(spec: SongSpec, pin: bool = False) -> tuple[Any, float]:
+    """``((audio, info) | the LacquerError, seconds)`` of reading one song; ``pin``: the
+    audio in page-locked memory."""
     t0 = time.perf_counter()
     try:
         result: Any = read_audio(spec.input_path)
+        if pin:
+            result = (result[0].pin_memory(), result[1])
     except LacquerError as exc:
         result = exc
     return result, time.perf_counter() - t0
+
+
+def _equal_length_groups(items: list, length) -> list[list]:
+    """``items`` grouped by ``length(item)``, in order of first appearance."""
+    groups: dict[int, list] = {}
+    for item in items:
+        groups.setdefault(int(length(item)), []).append(item)
+    return list(groups.values())
+
+
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    """``t`` on the host; from a GPU through page-locked memory (several times faster than a
+    pageable copy; torch's caching host allocator reuses the buffers batch after batch)."""
+    if t.device.type != "cuda":
+        return t.to("cpu")
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    torch.cuda.current_stream(t.device).synchronize()
+    return host
 
 
 def _assigned_cpus() -> int:

@@ -29,6 +29,30 @@ def test_concat_states_pads_to_the_longest_and_keeps_conditioning():
     assert s.cond.genre.tolist() == [a.cond.genre.item(), b.cond.genre.item()]
 
 
+def test_songs_of_one_length_begin_together_and_a_bad_one_fails_alone(tmp_path):
+    """Songs of equal length begin as one batch; when that batch fails (here a song with NaN
+    samples that got past decoding), its songs begin one by one and only the culprit fails.
+    Songs of one length give the same masters together or alone (a shorter song batched with
+    longer ones is padded with silence, which its controllers hear: not compared here)."""
+    worker = StageWorker(tuple(DEFAULT_ORDER), MasterOptions(), first=True, last=True)
+    clips = [music_like(1.5, seed=s) for s in (1, 2, 3, 4)]
+    clips[3] = clips[3][:, :-4800]  # another length: its own group
+    clips[1][0, 100:110] = float("nan")
+    info = type("Info", (), {"sample_rate": 48_000})()
+    specs = [SongSpec(f"s{i}", f"in{i}.wav", str(tmp_path / f"s{i}.wav")) for i in range(4)]
+    batch = worker._begin(specs, [((c, info), 0.0) for c in clips])
+    assert [s.song_id for s in batch.songs] == ["s0", "s2", "s3"]
+    assert [r.song_id for r in batch.failed] == ["s1"] and "NaN" in batch.failed[0].error
+    assert batch.lengths == [clips[0].shape[-1], clips[2].shape[-1], clips[3].shape[-1]]
+    order = worker.chain.config.order
+    together = worker.chain.finish(worker.chain.run_stages(batch.state, order)).audio
+    for row, i in enumerate((0, 2)):
+        alone = worker._begin(specs[i : i + 1], [((clips[i], info), 0.0)])
+        expected = worker.chain.finish(worker.chain.run_stages(alone.state, order)).audio[0]
+        got = together[row, :, : batch.lengths[row]]
+        assert torch.allclose(got, expected, atol=1e-4), (i, (got - expected).abs().max())
+
+
 @pytest.mark.ray
 def test_pipeline_workers_get_their_own_gpus_on_one_node_and_master_songs(ray_cluster, tmp_path):
     import ray
