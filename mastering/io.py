@@ -9,6 +9,7 @@ from mastering.audio import (
     downmix_matrix,
     iter_audio_blocks,
     probe_audio,
+    quantize_tensor,
     read_audio,
     write_audio,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "downmix_matrix",
     "iter_audio_blocks",
     "probe_audio",
+    "quantize_tensor",
     "read_audio",
     "write_audio",
 ]

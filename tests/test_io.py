@@ -16,7 +16,7 @@ import torch
 
 from mastering.audio import write as write_module
 from mastering.audio.downmix import G
-from mastering.audio.write import quantize
+from mastering.audio.write import quantize, quantize_tensor
 from mastering.errors import (
     AudioReadError,
     AudioWriteError,
@@ -642,3 +642,27 @@ def test_stereo_buffer_grows_and_compacts():
     grown.append(chunk)
     grown.append(chunk)
     np.testing.assert_array_equal(grown.finish(), np.concatenate([chunk, chunk]).T)
+
+
+def test_quantize_tensor_is_bit_identical_to_quantize_and_writes_the_same_file(tmp_path):
+    """Samples quantized where they are (a GPU in the farm) give the same bytes as the float
+    path: random values, exact LSB steps, half-LSB ties and both clip edges."""
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1.2, 1.2, (2, 50_000)).astype(np.float32)
+    lsb = 2.0**-23
+    x[0, :8] = [1.0, -1.0, 1.0 - lsb, -1.0 + lsb, 0.5 * lsb, -0.5 * lsb, 1.5 * lsb, 2.5 * lsb]
+    expected = quantize(x.T.copy(), 24, None).T
+    got = quantize_tensor(torch.from_numpy(x), 24).numpy()
+    assert got.dtype == np.int32 and np.array_equal(got, expected)
+    write_audio(tmp_path / "float.wav", x, format="wav24")
+    write_audio(tmp_path / "int.wav", torch.from_numpy(got), format="wav24")
+    assert (tmp_path / "int.wav").read_bytes() == (tmp_path / "float.wav").read_bytes()
+
+
+def test_prequantized_samples_must_fit_the_format(tmp_path):
+    q = quantize_tensor(torch.zeros(2, 100))
+    for kwargs in ({"format": "wav16"}, {"format": "wav24", "out_rate": 44_100}):
+        with pytest.raises(InvalidParameterError) as err:
+            write_audio(tmp_path / "x.wav", q, **kwargs)
+        assert "x.wav" in str(err.value)
+    assert not list(tmp_path.iterdir())

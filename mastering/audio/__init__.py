@@ -18,7 +18,7 @@ from mastering.audio.info import (
     probe_audio,
 )
 from mastering.audio.read import iter_audio_blocks, read_audio
-from mastering.audio.write import WRITE_FORMATS, write_audio
+from mastering.audio.write import WRITE_FORMATS, quantize_tensor, write_audio
 
 __all__ = [
     "MAX_SAMPLE_RATE",
@@ -29,6 +29,7 @@ __all__ = [
     "downmix_matrix",
     "iter_audio_blocks",
     "probe_audio",
+    "quantize_tensor",
     "read_audio",
     "write_audio",
 ]

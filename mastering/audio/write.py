@@ -90,6 +90,9 @@ def write_audio(
             inspected: ``format`` decides the container.
         audio: float ``[2, samples]`` (stereo), ``[1, samples]`` or ``[samples]`` (mono
             file), full scale 1.0, at ``sample_rate`` Hz. Tensors are moved to the CPU.
+            Or samples already quantized for an undithered integer format by
+            :func:`quantize_tensor` (e.g. on a GPU): int32 for 24 bits, written as they are
+            (no resampling: ``out_rate`` must equal ``sample_rate``).
         sample_rate: rate of ``audio`` in Hz (default the internal 48 kHz).
         out_rate: rate of the file in Hz (e.g. the source's); ``None`` keeps
             ``sample_rate``. Resampled with soxr VHQ to
@@ -107,9 +110,12 @@ def write_audio(
     target = Path(path)
     spec = _write_format(format, target)
     samples = _as_channels_first(audio, target)
-    _check_finite(samples, target)
     sample_rate = check_rate_parameter("sample_rate", sample_rate)
     out_rate = check_rate_parameter("out_rate", sample_rate if out_rate is None else out_rate)
+    if samples.dtype.kind == "i":
+        _check_prequantized(samples, spec, format, sample_rate, out_rate, target)
+    else:
+        _check_finite(samples, target)
     rng = generator if generator is not None else np.random.default_rng(DEFAULT_DITHER_SEED)
     _check_output_folder(target)
     temp = _create_temp_file(target)
@@ -132,10 +138,13 @@ def _write_format(name: str, target: Path) -> WriteFormat:
 
 
 def _as_channels_first(audio: torch.Tensor | np.ndarray, target: Path) -> np.ndarray:
-    """``audio`` as a float32 ``[channels, samples]`` array (a view when already float32)."""
+    """``audio`` as a float32 ``[channels, samples]`` array (a view when already float32);
+    integer samples (pre-quantized) keep their type."""
     if isinstance(audio, torch.Tensor):
-        audio = audio.detach().to(device="cpu", dtype=torch.float32).numpy()
-    samples = np.asarray(audio, dtype=np.float32)
+        keep = audio.dtype in (torch.int16, torch.int32)
+        audio = audio.detach().to(device="cpu", dtype=None if keep else torch.float32).numpy()
+    audio = np.asarray(audio)
+    samples = audio if audio.dtype in (np.int16, np.int32) else audio.astype(np.float32, copy=False)
     if samples.ndim == 1:
         samples = samples[np.newaxis, :]
     if samples.ndim != 2 or samples.shape[0] not in (1, 2):
@@ -147,6 +156,36 @@ def _as_channels_first(audio: torch.Tensor | np.ndarray, target: Path) -> np.nda
     if samples.shape[1] == 0:
         raise InvalidAudioError("audio has no samples; nothing written", target)
     return samples
+
+
+def _check_prequantized(
+    samples: np.ndarray, spec: WriteFormat, name: str, in_rate: int, out_rate: int, target: Path
+) -> None:
+    """Integer samples are accepted only as :func:`quantize_tensor` makes them for ``spec``."""
+    expected = {24: np.int32}.get(spec.bits) if not spec.dither else None
+    if expected is None or samples.dtype != expected:
+        raise InvalidParameterError(
+            f"{samples.dtype} samples cannot be written as {name}: pass float samples, or "
+            f"int32 from quantize_tensor for an undithered 24-bit format",
+            target,
+        )
+    if in_rate != out_rate:
+        raise InvalidParameterError(
+            f"pre-quantized samples cannot be resampled ({in_rate} -> {out_rate} Hz)", target
+        )
+
+
+def quantize_tensor(x: torch.Tensor, bits: int = 24) -> torch.Tensor:
+    """What :func:`quantize` (no dither) gives, computed where ``x`` is (on a GPU, say), so
+    only the encoding is left to the host: ``x [..., samples]`` float, full scale 1.0 ->
+    int32 with the ``bits``-bit integer in its top bits (libsndfile's 24-bit input), clipped.
+    Bit-identical to :func:`quantize` (float64 scaling, round half to even). ``x`` must be
+    finite (the caller checks: NaN has no integer)."""
+    if bits != 24:
+        raise InvalidParameterError(f"quantize_tensor supports 24 bits, got {bits}")
+    scale = float(2 ** (bits - 1))
+    q = torch.round(x.to(torch.float64) * scale).clamp_(-scale, scale - 1.0)
+    return q.to(torch.int32).bitwise_left_shift_(32 - bits)
 
 
 def _check_finite(samples: np.ndarray, target: Path) -> None:
@@ -209,8 +248,8 @@ def _encode_file(
 
 
 def _encode_block(block: np.ndarray, spec: WriteFormat, rng: np.random.Generator) -> np.ndarray:
-    """``[frames, channels]`` float32 -> what soundfile writes for ``spec``."""
-    if spec.bits is None:
+    """``[frames, channels]`` float32 (or already quantized) -> what soundfile writes."""
+    if spec.bits is None or block.dtype.kind == "i":
         return block
     return quantize(block, spec.bits, rng if spec.dither else None)
 
