@@ -150,6 +150,22 @@ def test_bypass_is_exact_delay(ex):
     assert float(y[..., :LATENCY].abs().max()) < 1e-6
 
 
+def test_zero_tape_and_lofi_are_skipped_exactly_without_gradients(ex):
+    """Inference skips an all-zero tape or LoFi path (no full-band oversampling, no LoFi
+    filter); the output equals the full computation's, which runs when gradients are wanted."""
+    x = music_like(1.0, seed=4).unsqueeze(0).repeat(2, 1, 1)
+    params = _params(amount=50.0, tape=0.0, lofi=0.0, batch=2)
+    with torch.no_grad():
+        skipped, state = ex.process(x, params)
+    assert state["lofi"] is None  # the LoFi filter did not run
+    wanted = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    full, state = ex.process(x, wanted)
+    assert state["lofi"] is not None
+    torch.testing.assert_close(skipped, full.detach(), atol=2e-7, rtol=0)
+    full.sum().backward()
+    assert wanted["tape"].grad is not None and wanted["lofi"].grad is not None
+
+
 def test_tape_soft_clips(ex):
     x = sine(440.0, 1.0, level_dbfs=-1.0, dtype=torch.float32).expand(1, 2, -1).contiguous()
     y = _run(ex, x, _params(tape=100.0))[0, 0, -SR // 2 :].double()
