@@ -33,10 +33,14 @@ Definitions (BS.1770-4 Annex 1, EBU Tech 3341 v4 / Tech 3342 v4):
   Nyquist is under-read too.
 * **PLR** (peak-to-loudness ratio): true peak minus integrated loudness, in dB.
 
-K-weighting and block energies are computed in float32 by default (``precision``); the block
-and gating arithmetic is always float64. float32 agrees with float64 to < 0.001 LU on the EBU
-signals and on music (tested); pass ``precision=torch.float64`` for bit-for-bit-level
-reference work. Gradients flow through :func:`ungated_loudness` (the intended training loss),
+On the CPU, when no gradient is needed, the K-weighted 100 ms sub-block energies come from
+:func:`mastering.dsp.block_energy.sosfilt_block_energy`: a float64 numba kernel, exact to
+float64 rounding (it equals scipy's float64 ``sosfilt`` followed by the sums of squares), that
+never materializes the filtered signal; ``precision`` does not apply to it. Elsewhere (CUDA,
+autograd, sample rates that are not a multiple of 10 Hz) the K-weighting runs through
+:func:`mastering.dsp.iir.sosfilt` in ``precision`` (float32 by default: it agrees with float64
+to < 0.001 LU on the EBU signals and on music, tested). Block and gating arithmetic is always
+float64. Gradients flow through :func:`ungated_loudness` (the intended training loss),
 :func:`integrated_loudness` (through the blocks that pass the gates) and the peak meters.
 """
 
@@ -50,6 +54,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mastering.dsp.block_energy import sosfilt_block_energy
 from mastering.dsp.iir import sosfilt
 from mastering.dsp.resample import full_fp32_precision, max_abs_oversampled
 from mastering.errors import InvalidAudioError
@@ -221,15 +226,37 @@ class _Energies:
     counts: Tensor
 
 
-def _subblock_energies(x: Tensor, sample_rate: int, precision: torch.dtype | None) -> _Energies:
-    """K-weight ``x [B, C, T]`` (in ``precision``; ``None``: the input's dtype) and sum the
-    squares per complete 100 ms sub-block (the incomplete tail is dropped)."""
+def _use_block_kernel(x: Tensor) -> bool:
+    """Whether the CPU kernel computes the sub-block energies: CPU tensors needing no gradient."""
+    return x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad)
+
+
+def _subblock_energies(
+    x: Tensor, sample_rate: int, precision: torch.dtype | None, *, kernel: bool | None = None
+) -> _Energies:
+    """K-weight ``x [B, C, T]`` and sum the squares per complete 100 ms sub-block (the
+    incomplete tail is dropped).
+
+    ``kernel``: use :func:`sosfilt_block_energy` (float64, CPU, no gradient); ``None``: when
+    :func:`_use_block_kernel` says so and the rate is a multiple of 10 Hz. Otherwise the signal
+    is filtered by :func:`sosfilt` in ``precision`` (``None``: the input's dtype).
+    """
+    n = _subblock_length(sample_rate)
+    if kernel is None:
+        kernel = n is not None and _use_block_kernel(x)
+    if kernel:
+        if n is None:
+            raise ValueError(
+                f"the block kernel needs a rate that is a multiple of 10 Hz, got {sample_rate}"
+            )
+        sums = sosfilt_block_energy(x, k_weighting_sos(sample_rate), n)
+        counts = torch.full((sums.shape[-1],), float(n), dtype=torch.float64)
+        return _Energies(sums, counts)
     dtype = precision or (x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32)
     sos = k_weighting_sos(sample_rate, dtype=dtype, device=x.device)
     with full_fp32_precision(x.device):
         y = sosfilt(x.to(dtype), sos)
     B, C, T = y.shape
-    n = _subblock_length(sample_rate)
     if n is not None:
         K = T // n
         blocks = y[..., : K * n].reshape(B, C, K, n)
@@ -381,7 +408,8 @@ def integrated_loudness(
         audio: ``[..., channels, samples]``.
         sample_rate: Hz (any; K-weighting derived for rates other than 48 kHz).
         weights: channel weights ``G_i`` (default :func:`channel_weights`).
-        precision: dtype of the K-weighting (``None``: the input's).
+        precision: dtype of the torch K-weighting path (``None``: the input's); the CPU
+            kernel always works in float64 (see the module docstring).
 
     Returns:
         ``[...]`` LUFS.
@@ -617,7 +645,7 @@ def measure(
         sample_rate: Hz.
         true_peak_oversample: oversampling factor of the true-peak meter (4 = BS.1770 minimum).
         weights: channel weights (default :func:`channel_weights`).
-        precision: dtype of the K-weighting (see the module docstring).
+        precision: dtype of the torch K-weighting path (see the module docstring).
 
     Raises:
         InvalidAudioError: NaN/Inf samples, non-float or mis-shaped audio.

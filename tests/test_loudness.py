@@ -320,11 +320,44 @@ def music() -> torch.Tensor:
     return music_like(12.0, seed=11)
 
 
+def _integrated(x: torch.Tensor, *, kernel: bool, precision=torch.float64) -> float:
+    """Integrated loudness through one K-weighting path: the CPU kernel or torch sosfilt."""
+    xb = x.reshape(-1, *x.shape[-2:])
+    e = L._subblock_energies(xb, FS, precision, kernel=kernel)
+    blocks = L._window_power(e, L._weights(None, xb.shape[1], xb), L.MOMENTARY_SUBBLOCKS)
+    return L._integrated_from_blocks(blocks).item()
+
+
 def test_float32_agrees_with_float64(music):
+    # The torch path (CUDA, autograd) in float32 against the float64 CPU kernel.
     for x in (music, _tones((-72.0, 10.0), (-36.0, 10.0), (-23.0, 20.0))):
-        a = L.integrated_loudness(x, precision=torch.float32).item()
-        b = L.integrated_loudness(x, precision=torch.float64).item()
+        a = _integrated(x, kernel=False, precision=torch.float32)
+        b = _integrated(x, kernel=True)
         assert a == pytest.approx(b, abs=0.001)
+
+
+def test_cpu_kernel_equals_torch_float64_path(music):
+    # Same sub-block energies from both K-weighting paths, to float64 rounding.
+    for x in (music, _tones((-36.0, 3.0), (-23.0, 3.0)), music[:, : FS * 3 + 123] * 1e-3):
+        xb = x.double().unsqueeze(0)
+        kernel = L._subblock_energies(xb, FS, None, kernel=True)
+        torch_path = L._subblock_energies(xb, FS, torch.float64, kernel=False)
+        torch.testing.assert_close(kernel.sums, torch_path.sums, rtol=1e-9, atol=0)
+        torch.testing.assert_close(kernel.counts, torch_path.counts)
+        assert _integrated(x, kernel=True) == pytest.approx(_integrated(x, kernel=False), abs=1e-9)
+
+
+def test_kernel_is_used_unless_gradients_are_needed(music):
+    x = music.double()
+    assert L._use_block_kernel(x)
+    leaf = x.clone().requires_grad_()
+    assert not L._use_block_kernel(leaf)  # autograd: the differentiable torch path
+    with torch.no_grad():
+        assert L._use_block_kernel(leaf)
+    # Both dispatches give the same reading.
+    assert L.integrated_loudness(leaf, precision=torch.float64).item() == pytest.approx(
+        L.integrated_loudness(x).item(), abs=1e-9
+    )
 
 
 def test_batch_matches_single(music):
