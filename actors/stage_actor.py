@@ -24,6 +24,7 @@ all three roles; a one-group pipeline (``replicated`` mode) does all three in on
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,12 +35,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from actors.retry_step import retry_weak_songs
 from mastering import SAMPLE_RATE
+from mastering.adapter_folder import GenreAdapters
 from mastering.chain import Chain, ChainState
 from mastering.conditioning import Conditioning, ConditioningBatch
 from mastering.errors import LacquerError
-from mastering.io import read_audio, write_audio
+from mastering.io import WRITE_FORMATS, quantize_tensor, read_audio, write_audio
 from mastering.render import MasterOptions, summary
+from mastering.retry import RetryPolicy
+
+#: GIL switch interval of a worker process, s (Python's default is 0.005).
+GIL_SWITCH_INTERVAL_S = 0.0002
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,8 @@ class SongResult:
             0-100; :mod:`mastering.evaluation`).
         timings_s: seconds spent per step for the batch it was in, divided by its size.
         workers: ``[{stages, node_id, gpu_ids, pid, device}]`` of the workers it went through.
+        attempts: with auto-retry, every mastering attempt (small dicts: number, score,
+            sub_scores, overrides, best...; :mod:`actors.retry_step`); empty without.
     """
 
     song_id: str
@@ -85,6 +94,7 @@ class SongResult:
     scores: dict[str, float] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     workers: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -95,6 +105,7 @@ class _Finished:
     audio: torch.Tensor
     afters: list[dict[str, Any]]
     scores: list[dict[str, float]]
+    attempts: list[list[dict[str, Any]]] | None = None
 
 
 @dataclass
@@ -137,6 +148,9 @@ class StageWorker:
         keep_on_device: hand batches on still on this worker's device (GPU -> GPU transport
             with Ray Direct Transport over NCCL); otherwise they leave through host memory
             (the object store, or gloo on CPU).
+        retry: auto-retry policy of the last worker (``None``: off; :mod:`actors.retry_step`).
+        adapter_dir: folder of ``genre-<genre>`` adapters; each batch (of one genre) runs
+            with its genre's (:class:`mastering.adapter_folder.GenreAdapters`).
     """
 
     def __init__(
@@ -148,6 +162,8 @@ class StageWorker:
         last: bool,
         profile: bool = False,
         keep_on_device: bool = False,
+        retry: RetryPolicy | None = None,
+        adapter_dir: str | None = None,
     ):
         self.stages = tuple(stages)
         self.options = options
@@ -160,7 +176,14 @@ class StageWorker:
         self.io_threads = _assigned_cpus()
         #: Held while a batch is on the device (see :meth:`process`).
         self.device_lock = threading.Lock()
+        if _in_ray_actor():
+            # Torch releases the GIL around every op; with I/O threads running Python, the
+            # device thread would wait up to the default 5 ms interval to get it back, once
+            # per kernel launch. Hand the GIL over sooner in this worker process.
+            sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self._evaluator = None
+        self.retry = retry
+        self.adapters = None if adapter_dir is None else GenreAdapters(adapter_dir)
 
     # -- facts about this worker ---------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -190,6 +213,8 @@ class StageWorker:
         with self.device_lock:
             waited = time.perf_counter() - t_wait
             batch = self._begin(item, decoded) if self.first else item
+            if self.adapters is not None:
+                self.adapters.attach(self.chain, [s.conditioning for s in batch.songs])
             before = dict(batch.timings_s)
             if not self.first and batch.sent_at:
                 _add(batch.timings_s, "hop", max(0.0, received - batch.sent_at - waited))
@@ -265,7 +290,9 @@ class StageWorker:
     def _begin_group(self, group: list[tuple[SongSpec, Any, float]], timings) -> ChainState:
         """``Chain.begin`` on songs of one length (each with its own conditioning)."""
         t1 = time.perf_counter()
-        x = torch.stack([audio for _, (audio, _), _ in group]).to(self.device, non_blocking=True)
+        # Each (pinned) song to the device on its own, stacked there: a host-side stack
+        # would be a pageable copy, synchronous and several times slower to send.
+        x = torch.stack([a.to(self.device, non_blocking=True) for _, (a, _), _ in group])
         self._sync()
         t2 = time.perf_counter()
         with torch.no_grad():
@@ -298,8 +325,31 @@ class StageWorker:
                     afters[i], scores[i] = after, score
         self._sync()
         _add(batch.timings_s, "measure", time.perf_counter() - t_measure)
-        audio = self._timed(batch, "d2h", lambda: _to_host(out.audio.detach()))
-        return _Finished(audio, afters, scores)
+        attempts = None
+        if self.retry is not None:  # re-master weak songs; the best replace theirs in place
+            attempts = retry_weak_songs(self.chain, self._evaluator, self.retry, self.options,
+                                        batch.songs, batch.lengths, out, afters, scores,
+                                        batch.timings_s)  # fmt: skip
+        audio = out.audio.detach()
+        if self._quantize_here(batch, audio):
+            audio = self._timed(batch, "quantize", lambda: quantize_tensor(audio))
+        audio = self._timed(batch, "d2h", lambda: _to_host(audio))
+        return _Finished(audio, afters, scores, attempts)
+
+    def _quantize_here(self, batch: StageBatch, audio: torch.Tensor) -> bool:
+        """Whether to quantize the masters on the device (bit-identical to the writer's own
+        quantization, and it leaves the host only the encoding): on a GPU, for an undithered
+        24-bit format written at 48 kHz, when every sample is finite (else the writer names
+        the bad file)."""
+        fmt = WRITE_FORMATS[self.options.format]
+        rates = {self.options.out_rate or r for r in batch.source_rates}
+        return (
+            self.device.type == "cuda"
+            and fmt.bits == 24
+            and not fmt.dither
+            and rates == {SAMPLE_RATE}
+            and bool(torch.isfinite(audio).all())
+        )
 
     def _write(self, batch: StageBatch, finished: _Finished | None) -> list[SongResult]:
         """Encode and write every master atomically, in parallel threads (libsndfile
@@ -343,6 +393,7 @@ class StageWorker:
                         "write": round(seconds, 5),
                     },
                     workers=batch.workers,
+                    attempts=finished.attempts[i] if finished.attempts else [],
                 )
             )
         return results
@@ -458,11 +509,18 @@ def _to_host(t: torch.Tensor) -> torch.Tensor:
     return host
 
 
-def _assigned_cpus() -> int:
-    """Whole CPUs Ray assigned to this worker (1 outside Ray)."""
+def _in_ray_actor() -> bool:
+    """Whether this code runs inside a Ray actor's own process."""
     import ray
 
-    if not ray.is_initialized():
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+
+
+def _assigned_cpus() -> int:
+    """Whole CPUs Ray assigned to this worker (1 outside a Ray actor)."""
+    import ray
+
+    if not _in_ray_actor():
         return 1
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     return max(1, int(cpus))
@@ -483,7 +541,7 @@ def _device_for_this_worker() -> str:
     in tests have ids but no CUDA). Outside Ray: ``cuda`` when available."""
     import ray
 
-    if not ray.is_initialized():
+    if not _in_ray_actor():
         return "cuda" if torch.cuda.is_available() else "cpu"
     return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
 

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from actors import metrics
 from actors.placement import FarmPlan, PipelinePlan, plan_farm
+from actors.retry_step import first_attempt
 from actors.stage_actor import SongResult, SongSpec, StageWorker
 from cluster.inputs import SongInput
 from cluster.manifest import (
@@ -49,8 +50,10 @@ from cluster.manifest import (
     file_sha256,
     write_parquet_atomic,
 )
+from mastering.adapter_folder import GenreAdapters
 from mastering.errors import InvalidParameterError, LacquerError
 from mastering.render import MasterOptions, output_path
+from mastering.retry import RetryPolicy
 
 #: Per-song metrics file in the output folder (rows are appended run after run).
 METRICS_NAME = "lacquer-metrics.parquet"
@@ -104,6 +107,15 @@ class RenderConfig:
             job are redone on resume (their outputs are overwritten atomically).
         progress: show a progress bar (``None``: when stderr is a terminal).
         profile: synchronize GPUs around each step so per-step timings are exact.
+        retry: the auto-retry policy (:mod:`mastering.retry`; ``None``: off). The pipeline's
+            last worker re-masters each song scoring below ``retry.threshold`` with altered
+            parameters, up to ``retry.max_attempts`` attempts in all, and writes the best
+            (never worse than the first); every attempt is in the song's result and its
+            metrics row (``attempts``, ``first_score``, ``score``).
+        adapter_dir: a folder of ``genre-<genre>`` style adapters (e.g. the version
+            ``lacquer improve`` promoted; :class:`mastering.adapter_folder.GenreAdapters`):
+            each song is mastered with its genre's adapter, the base chain when the folder has
+            none. Batches then hold songs of one genre. ``None``: no adapters.
     """
 
     out_dir: Path
@@ -124,10 +136,16 @@ class RenderConfig:
     checkpoint_interval_s: float = 1.0
     progress: bool | None = None
     profile: bool = False
+    retry: RetryPolicy | None = None
+    adapter_dir: str | None = None
 
     def validate(self) -> RenderConfig:
         self.out_dir = Path(self.out_dir)
         self.options.validate()
+        if self.retry is not None:
+            self.retry.validate()
+        if self.adapter_dir is not None:
+            self.adapter_dir = str(GenreAdapters(self.adapter_dir).folder.resolve())
         if self.batch < 1:
             raise InvalidParameterError(f"batch must be >= 1, got {self.batch}")
         if self.max_in_flight is not None and self.max_in_flight < 1:
@@ -148,7 +166,10 @@ class RenderConfig:
 @dataclass
 class JobSummary:
     """What a job did. ``seconds`` is the wall time of the rendering loop; rates count only
-    songs done in this run (skipped ones were done before)."""
+    songs done in this run (skipped ones were done before). ``retries`` counts songs sent
+    again after a worker died under them; ``songs_retried`` songs the auto-retry re-mastered
+    (more than one attempt) and ``mean_attempts`` the mean mastering attempts per rendered
+    song (1.0 without auto-retry)."""
 
     total: int
     done: int
@@ -162,6 +183,8 @@ class JobSummary:
     retries: int
     manifest_path: str
     metrics_path: str
+    songs_retried: int = 0
+    mean_attempts: float = 1.0
 
     @property
     def songs_per_s(self) -> float:
@@ -174,8 +197,11 @@ class JobSummary:
     def lines(self) -> list[str]:
         out = [
             f"{self.done}/{self.total} done ({self.skipped} already done), {self.failed} failed, "
-            f"{self.retries} retried; {self.rendered} rendered in {self.seconds:.1f} s: "
-            f"{self.songs_per_s:.2f} songs/s, {self.realtime_x:.1f}x real time",
+            f"{self.retries} requeued after worker losses; {self.rendered} rendered in "
+            f"{self.seconds:.1f} s: {self.songs_per_s:.2f} songs/s, "
+            f"{self.realtime_x:.1f}x real time",
+            f"auto-retry: {self.songs_retried} of {self.rendered} songs re-mastered, "
+            f"{self.mean_attempts:.2f} attempts per song",
         ]
         out += [f"FAILED {sid}: {err}" for sid, err in self.failures]
         out.append(f"manifest: {self.manifest_path}; metrics: {self.metrics_path}")
@@ -225,6 +251,7 @@ class RenderJob:
         self.pipelines: list[_Pipeline] = []
         self.metrics: list[dict[str, Any]] = []
         self._on_result: Callable[[RenderJob, Manifest], None] | None = None
+        self._on_song: Callable[[SongRecord, SongResult], None] | None = None
         self._saved_at = 0.0
 
     # -- set-up ----------------------------------------------------------------------------
@@ -326,6 +353,8 @@ class RenderJob:
                 last=i == last,
                 profile=cfg.profile,
                 keep_on_device=cfg.transport == "nccl",
+                retry=cfg.retry if i == last else None,
+                adapter_dir=cfg.adapter_dir,
             )
             for i, g in enumerate(p.groups)
         ]
@@ -397,6 +426,7 @@ class RenderJob:
         *,
         keep_workers: bool = False,
         on_result: Callable[[RenderJob, Manifest], None] | None = None,
+        on_song: Callable[[SongRecord, SongResult], None] | None = None,
     ) -> JobSummary:
         """Render every song not already done; returns the summary.
 
@@ -404,15 +434,21 @@ class RenderJob:
             keep_workers: leave the pipelines up afterwards (call :meth:`stop` later).
             on_result: called in the driver loop after each finished batch (progress hooks,
                 fault-injection in tests).
+            on_song: called in the driver loop with each song done (its manifest record and
+                its result, attempts included), e.g. to record them in the feedback tables.
         """
         self._on_result = on_result
+        self._on_song = on_song
         manifest = self.prepare_manifest()
         skipped = len(manifest.in_state(DONE)) + len(manifest.in_state(FAILED))
         self.plan = self.make_plan()
         todo = [r.song_id for r in manifest if r.state in (PENDING, RUNNING)]
         if self.config.batch > 1:
-            # Similar lengths batch together (less padding): sort by file size.
-            todo.sort(key=lambda sid: _size(manifest[sid].input_path))
+            # Similar lengths batch together (less padding): sort by file size (by genre
+            # first with genre adapters: a batch holds one genre).
+            todo.sort(
+                key=lambda sid: (self._batch_key(manifest[sid]), _size(manifest[sid].input_path))
+            )
         for sid in todo:
             manifest[sid].state = PENDING
         try:
@@ -439,6 +475,8 @@ class RenderJob:
             retries=stats["retries"],
             manifest_path=str(self.manifest_path),
             metrics_path=str(self.metrics_path),
+            songs_retried=stats["songs_retried"],
+            mean_attempts=stats["attempts"] / stats["rendered"] if stats["rendered"] else 1.0,
         )
 
     def _loop(self, manifest: Manifest, pending: deque[str]) -> dict[str, Any]:
@@ -446,7 +484,7 @@ class RenderJob:
 
         cfg = self.config
         alone: set[str] = set()  # songs to run in a batch of their own (after a batch error)
-        stats = {"rendered": 0, "audio_s": 0.0, "retries": 0}
+        stats = {"rendered": 0, "audio_s": 0.0, "retries": 0, "songs_retried": 0, "attempts": 0}
         bar = _progress(len(manifest), len(manifest) - len(pending), cfg.progress)
         t0 = time.perf_counter()
         try:
@@ -502,11 +540,13 @@ class RenderJob:
             cap = cfg.max_in_flight or cfg.batch * (len(pipe.plan.groups) + cfg.overlap)
             while pending and pipe.songs_in_flight < cap:
                 ids = [pending.popleft()]
+                key = self._batch_key(manifest[ids[0]])
                 while (
                     ids[0] not in alone
                     and pending
                     and len(ids) < cfg.batch
                     and pending[0] not in alone
+                    and self._batch_key(manifest[pending[0]]) == key
                 ):
                     ids.append(pending.popleft())
                 specs = []
@@ -527,6 +567,17 @@ class RenderJob:
                     pipe.in_flight[ref] = _Batch([s.song_id for s in specs], time.time())
                 submitted = True
         return submitted
+
+    def _batch_key(self, rec: SongRecord) -> str:
+        """Songs batch together only with equal keys: with genre adapters the resolved genre
+        (a batch runs through one adapter), else one key for all."""
+        if self.config.adapter_dir is None:
+            return ""
+        try:
+            song = SongInput(rec.song_id, Path(rec.input_path), rec.conditioning)
+            return song.resolve_conditioning(self.config.options.conditioning).resolved_genre()
+        except LacquerError:
+            return ""  # fails on submission with its error
 
     def _chain_call(self, pipe: _Pipeline, specs: list[SongSpec]):
         """Submit ``specs`` through the pipeline's workers; the last call's ref."""
@@ -578,8 +629,13 @@ class RenderJob:
             rec.duration_s = r.duration_s
             stats["rendered"] += 1
             stats["audio_s"] += r.duration_s
+            made = len(r.attempts) or 1
+            stats["attempts"] += made
+            stats["songs_retried"] += made > 1
             metrics.song_done(r.duration_s, rec.seconds)
             self.metrics.append(_metrics_row(rec, r, pipe.index))
+            if self._on_song is not None:
+                self._on_song(rec, r)
 
     def _lost(self, batch, pipe, manifest, pending, stats, exc) -> None:
         """Workers died under ``batch``: requeue its songs (or fail those out of attempts);
@@ -690,12 +746,26 @@ def _actor_state(actor) -> str:
         return ""
 
 
+def song_attempts(r: SongResult) -> list[dict[str, Any]]:
+    """A done song's mastering attempts (small dicts, :meth:`mastering.retry.Attempt.brief`;
+    ``best`` marks the kept one); without auto-retry its one attempt, from its scores."""
+    if r.attempts:
+        return list(r.attempts)
+    return [first_attempt(r.scores)]
+
+
 def _metrics_row(rec: SongRecord, r: SongResult, pipeline: int) -> dict[str, Any]:
+    """One song's row of the metrics table: where and how long it ran (``tries``: times sent
+    to a pipeline), its loudness, its scores (``score``: the kept master's; ``first_score``:
+    the first attempt's; ``attempts``: mastering attempts made) and per-step seconds."""
+    attempts = song_attempts(r)
     row: dict[str, Any] = {
         "song_id": rec.song_id,
         "finished_at": rec.finished_at,
         "pipeline": pipeline,
-        "attempts": rec.attempts,
+        "tries": rec.attempts,
+        "attempts": len(attempts),
+        "first_score": attempts[0]["score"],
         "node_id": rec.node_id,
         "gpu_ids": rec.gpu_ids,
         "duration_s": r.duration_s,

@@ -12,13 +12,16 @@ drive), plus a seeded jitter of ``jitter * step``, clamped to the parameter's bo
 the offset). The best attempt is returned, so the result never scores below the first
 attempt, and every attempt is recorded (:class:`Attempt`).
 
-``master_with_retry`` masters one song; :class:`RetryingChain` wraps a chain so code that calls
-``chain(x, conditioning, overrides=...)`` (``mastering.render.master_file``, the farm) gets the
-best attempt per song, with the attempts in ``last_attempts``.
+``master_with_retry`` masters one song (or goes on from a first attempt already mastered and
+scored elsewhere: ``first=``, as the render farm's last stage worker does after a batch);
+:class:`RetryingChain` wraps a chain so code that calls ``chain(x, conditioning,
+overrides=...)`` (``mastering.render.master_file``) gets the best attempt per song, with the
+attempts in ``last_attempts``. :func:`select_output` cuts one song out of a batch's output.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -28,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mastering.chain import Chain, ChainOutput
+from mastering.chain import Chain, ChainOutput, stage_class
 from mastering.conditioning import Conditioning, ConditioningBatch
 from mastering.errors import InvalidParameterError
 from mastering.evaluation import PASS_SCORE, SUB_SCORES, Evaluation, Evaluator, target_tilt
@@ -84,6 +87,8 @@ class RetryPolicy:
     seed: int = 0
 
     def validate(self, chain: Chain | None = None) -> RetryPolicy:
+        """Check the policy; perturbed parameters are checked against ``chain``'s stages, or
+        against the stage classes when no chain is given (no chain needs building)."""
         if self.max_attempts < 1:
             raise InvalidParameterError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if not 0.0 <= self.threshold <= 100.0:
@@ -94,15 +99,18 @@ class RetryPolicy:
                 raise InvalidParameterError(f"perturbation {key!r} is not STAGE.PARAM")
             if not step >= 0.0:
                 raise InvalidParameterError(f"perturbation step of {key} must be >= 0")
-            if chain is not None:
-                if stage not in chain.stages:
-                    raise InvalidParameterError(f"perturbation {key!r}: unknown stage {stage!r}")
-                names = [s.name for s in chain.stages[stage].specs]
-                if param not in names:
-                    raise InvalidParameterError(
-                        f"perturbation {key!r}: stage {stage} has no parameter {param!r}; "
-                        f"valid: {', '.join(names)}"
-                    )
+            try:
+                specs = (chain.stages[stage] if chain is not None else stage_class(stage)).specs
+            except (KeyError, InvalidParameterError):
+                raise InvalidParameterError(
+                    f"perturbation {key!r}: unknown stage {stage!r}"
+                ) from None
+            names = [s.name for s in specs]
+            if param not in names:
+                raise InvalidParameterError(
+                    f"perturbation {key!r}: stage {stage} has no parameter {param!r}; "
+                    f"valid: {', '.join(names)}"
+                )
         return self
 
 
@@ -113,17 +121,18 @@ class Attempt:
     Attributes:
         number: 1 for the chain's own prediction, then 2, 3...
         overrides: ``{stage: {param: value}}`` this attempt set (physical units); empty for 1.
-        score, rule, learned: 0-100 (``learned`` ``None`` without a learned model).
+        score, rule, learned: 0-100 (``learned`` ``None`` without a learned model; ``rule``
+            ``None`` only in records rebuilt from a score alone, :meth:`from_dict`).
         sub_scores: name -> 0-100.
         best: whether this attempt was the best when the loop ended.
-        timings_s: ``{"master": s, "evaluate": s}``.
+        timings_s: ``{"master": s, "evaluate": s}`` (empty for a first attempt made elsewhere).
         parameters: every stage's parameters (``ChainOutput.parameters_json``).
     """
 
     number: int
     overrides: dict[str, dict[str, Any]]
     score: float
-    rule: float
+    rule: float | None
     learned: float | None
     sub_scores: dict[str, float]
     measurements: dict[str, float]
@@ -133,6 +142,30 @@ class Attempt:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def brief(self) -> dict[str, Any]:
+        """The record without ``parameters``: the small dict reports and the farm carry."""
+        out = self.to_dict()
+        del out["parameters"]
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Attempt:
+        """A record from :meth:`to_dict` / :meth:`brief` output, or from a smaller dict with at
+        least ``number`` and ``score`` (what is missing stays empty: ``rule``/``learned``
+        ``None``, no sub-scores, measurements, timings or parameters)."""
+        return cls(
+            number=int(d["number"]),
+            overrides=dict(d.get("overrides") or {}),
+            score=float(d["score"]),
+            rule=d.get("rule"),
+            learned=d.get("learned"),
+            sub_scores=dict(d.get("sub_scores") or {}),
+            measurements=dict(d.get("measurements") or {}),
+            timings_s=dict(d.get("timings_s") or {}),
+            parameters=dict(d.get("parameters") or {}),
+            best=bool(d.get("best", False)),
+        )
 
 
 def _mean_value(t: Tensor) -> list[float]:
@@ -190,6 +223,28 @@ def _merge(a: Mapping[str, Mapping[str, Any]], b: Mapping[str, Mapping[str, Any]
     return out
 
 
+def _record(
+    chain: Chain,
+    number: int,
+    overrides: dict[str, dict[str, Any]],
+    out: ChainOutput,
+    ev: Evaluation,
+    timings_s: dict[str, float],
+) -> Attempt:
+    item = ev.item(0)
+    return Attempt(
+        number=number,
+        overrides=overrides,
+        score=item["score"],
+        rule=item["rule"],
+        learned=item["learned"],
+        sub_scores=item["sub_scores"],
+        measurements=item["measurements"],
+        timings_s=timings_s,
+        parameters=out.parameters_json(0, chain.stages),
+    )
+
+
 def _attempt(
     chain: Chain,
     audio: Tensor,
@@ -209,29 +264,27 @@ def _attempt(
         ceiling_dbtp=options.ceiling_dbtp,
     )
     t2 = time.perf_counter()
-    item = ev.item(0)
-    record = Attempt(
-        number=number,
-        overrides=overrides,
-        score=item["score"],
-        rule=item["rule"],
-        learned=item["learned"],
-        sub_scores=item["sub_scores"],
-        measurements=item["measurements"],
-        timings_s={"master": round(t1 - t0, 4), "evaluate": round(t2 - t1, 4)},
-        parameters=out.parameters_json(0, chain.stages),
-    )
-    return master, out, ev, record
+    timings = {"master": round(t1 - t0, 4), "evaluate": round(t2 - t1, 4)}
+    return master, out, ev, _record(chain, number, overrides, out, ev, timings)
 
 
 def master_with_retry(
     chain: Chain,
-    audio: Tensor,
+    audio: Tensor | None,
     options: MasterOptions,
     policy: RetryPolicy | None = None,
     evaluator: Evaluator | None = None,
+    first: tuple[Tensor, ChainOutput, Evaluation] | None = None,
 ) -> tuple[Tensor, ChainOutput, list[Attempt]]:
     """Master one song ``audio [2, samples]`` (48 kHz), retrying below the threshold.
+
+    Args:
+        first: attempt 1 when it was already computed (the render farm masters and scores a
+            whole batch first): ``(master [2, samples], its single-song ChainOutput, its
+            single-song Evaluation)``, made with ``options`` and ``chain``; it is not
+            mastered again (its record's ``timings_s`` is empty). ``audio`` is then only
+            read when a further attempt is made (``None`` is allowed when none can be, i.e.
+            the first scores at or above the threshold or ``max_attempts`` is 1).
 
     Returns:
         ``(best master [2, samples], its ChainOutput, attempts)``; exactly one attempt has
@@ -240,14 +293,19 @@ def master_with_retry(
     policy = (policy or RetryPolicy()).validate(chain)
     evaluator = evaluator or Evaluator()
     rng = random.Random(policy.seed)
-    master, out, ev, rec = _attempt(chain, audio, options, evaluator, 1, {})
-    first_out = out
-    best = (master, out, ev, rec)
-    attempts = [rec]
+    if first is None:
+        best = _attempt(chain, audio, options, evaluator, 1, {})
+    else:
+        master, out, ev = first
+        best = (master, out, ev, _record(chain, 1, {}, out, ev, {}))
+    first_out = best[1]
+    attempts = [best[3]]
     genre_tilt = float(target_tilt([options.conditioning.resolved_genre()], 1)[0])
     for number in range(2, policy.max_attempts + 1):
         if best[3].score >= policy.threshold:
             break
+        if audio is None:
+            raise InvalidParameterError("a retry needs the song's audio")
         tilt_error = genre_tilt - float(best[2].measurements.tilt_db_oct[0])
         overrides = propose(
             chain, first_out, best[2], number, policy, options.overrides, tilt_error, rng
@@ -258,6 +316,29 @@ def master_with_retry(
             best = cand
     best[3].best = True
     return best[0], best[1], attempts
+
+
+def select_output(out: ChainOutput, index: int, length: int | None = None) -> ChainOutput:
+    """Song ``index`` of a batch's :class:`ChainOutput` as a one-song output (the inverse of
+    concatenating them). ``length`` (samples, 48 kHz): the song's own length when the batch
+    was zero-padded to a longer one; its audio and the frames of its time-varying parameters
+    (``[1, size, frames]``) are cut to that share, so padding does not count."""
+    total = out.audio.shape[-1]
+    n = total if length is None else min(int(length), total)
+
+    def cut(t: Tensor) -> Tensor:
+        t = t[index : index + 1]
+        if t.dim() == 3 and n < total:
+            t = t[..., : max(1, math.ceil(t.shape[-1] * n / total))]
+        return t
+
+    return ChainOutput(
+        audio=out.audio[index : index + 1, :, :n],
+        params={stage: {k: cut(v) for k, v in p.items()} for stage, p in out.params.items()},
+        cond=out.cond.select(slice(index, index + 1)),
+        info={k: v[index : index + 1] for k, v in out.info.items()},
+        config=out.config,
+    )
 
 
 def _cat_outputs(outs: Sequence[ChainOutput]) -> ChainOutput:

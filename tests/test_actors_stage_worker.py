@@ -54,6 +54,30 @@ def test_songs_of_one_length_begin_together_and_a_bad_one_fails_alone(tmp_path):
         assert torch.allclose(got, expected, atol=1e-3), (i, (got - expected).abs().max())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_masters_quantized_on_the_gpu_are_the_bytes_of_the_float_path(tmp_path):
+    """On a GPU worker 24-bit masters are quantized on the device; the files are the bytes
+    the host-side float path writes."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    specs = []
+    for i in range(2):
+        write_audio(folder / f"s{i}.wav", music_like(2.0, seed=i), format="wav24")
+        specs.append(SongSpec(f"s{i}", str(folder / f"s{i}.wav"), ""))
+    files = {}
+    for path in ("gpu", "host"):
+        (tmp_path / path).mkdir()
+        worker = StageWorker(tuple(DEFAULT_ORDER), MasterOptions(), first=True, last=True)
+        assert worker.device.type == "cuda"
+        if path == "host":
+            worker._quantize_here = lambda *_: False
+        todo = [SongSpec(s.song_id, s.input_path, str(tmp_path / path / s.song_id)) for s in specs]
+        results = worker.process(todo)
+        assert all(r.ok for r in results), [r.error for r in results]
+        files[path] = [(tmp_path / path / s.song_id).read_bytes() for s in specs]
+    assert files["gpu"] == files["host"]
+
+
 @pytest.mark.ray
 def test_pipeline_workers_get_their_own_gpus_on_one_node_and_master_songs(ray_cluster, tmp_path):
     import ray

@@ -113,3 +113,57 @@ def test_master_cli_retries_and_records_feedback(tmp_path, capsys):
     # --no-retry: no scoring, no attempts.
     assert main([*args[:5], "--report", str(report), "--no-retry"]) == 0
     assert "attempts" not in json.loads(report.read_text())["files"][0]
+
+
+def test_going_on_from_a_first_attempt_made_elsewhere(chain, evaluator):
+    """The farm masters and scores a batch first; the retry goes on from that attempt: the
+    same proposals and scores as the whole loop, without mastering attempt 1 again."""
+    from mastering.retry import select_output
+
+    audio = degrade(music_like(1.0, seed=37).unsqueeze(0), "over_compression", 1.0)[0]
+    options = MasterOptions(conditioning=Conditioning(genre="rock"))
+    policy = RetryPolicy(threshold=100.0, max_attempts=2)
+    _, _, whole = master_with_retry(chain, audio, options, policy, evaluator)
+
+    # Attempt 1 inside a zero-padded batch of two songs, cut out again.
+    other = music_like(1.5, seed=38)
+    x = torch.stack([torch.nn.functional.pad(audio, (0, other.shape[-1] - audio.shape[-1])), other])
+    with torch.no_grad():
+        batch = chain(x, [options.conditioning, Conditioning(genre="pop")])
+    one = select_output(batch, 0, audio.shape[-1])
+    assert one.audio.shape == (1, *audio.shape)
+    frames = batch.params["imager"]["side_gain_db"].shape[-1]
+    assert one.params["imager"]["side_gain_db"].shape[-1] == -(-frames * 2 // 3)  # ceil(2/3)
+    master = one.audio[0]
+    ev = evaluator(master.unsqueeze(0), ["rock"])
+    best, _, went_on = master_with_retry(
+        chain, audio, options, policy, evaluator, first=(master, one, ev)
+    )
+    assert [a.number for a in went_on] == [1, 2]
+    assert went_on[0].timings_s == {} and went_on[1].timings_s["master"] > 0
+    assert went_on[1].overrides.keys() == whole[1].overrides.keys()
+    kept = next(a for a in went_on if a.best)
+    assert kept.score >= went_on[0].score
+    if kept.number == 1:
+        assert torch.equal(best, master)
+    # A first attempt at or above the threshold needs no audio at all.
+    _, _, once = master_with_retry(
+        chain, None, options, RetryPolicy(threshold=0.0), evaluator, first=(master, one, ev)
+    )
+    assert len(once) == 1 and once[0].best and once[0].score == went_on[0].score
+
+
+def test_attempt_records_round_trip():
+    from mastering.retry import Attempt
+
+    small = Attempt.from_dict({"number": 1, "score": 71.5, "sub_scores": {"clarity": 60.0}})
+    assert (small.rule, small.parameters, small.best) == (None, {}, False)
+    full = Attempt(2, {"limiter": {"drive_db": 1.0}}, 80.0, 79.0, None, {"clarity": 70.0},
+                   {"integrated_lufs": -14.0}, {"master": 0.1}, {"eq": {}}, True)  # fmt: skip
+    assert "parameters" not in full.brief()
+    assert Attempt.from_dict(full.to_dict()) == full
+    # Stage and parameter names are checked without building a chain, too.
+    with pytest.raises(InvalidParameterError, match="unknown stage"):
+        RetryPolicy(perturbations={"tape.drive": 1.0}).validate()
+    with pytest.raises(InvalidParameterError, match="no parameter"):
+        RetryPolicy(perturbations={"limiter.wobble": 1.0}).validate()

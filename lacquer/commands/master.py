@@ -9,6 +9,11 @@ Each master is scored (:mod:`mastering.evaluation`) and re-mastered with altered
 while below the threshold, up to ``--retry-attempts`` attempts in all, keeping the best
 (:mod:`mastering.retry`); ``--no-retry`` turns scoring and retries off. ``--feedback DIR`` appends
 every attempt to the feedback tables (:mod:`tuning.store`).
+
+What the quality loop found is used: the retry policy ``lacquer tune retry`` saved in the
+feedback store, and the genre adapters of the version ``lacquer improve`` promoted
+(``STORE/models``, or ``--models DIR``; ``--models none``: the base chain): a song is mastered
+with the promoted adapter of its genre, the base chain when the version has none for it.
 """
 
 from __future__ import annotations
@@ -196,7 +201,11 @@ def add_guidance_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_retry_arguments(p: argparse.ArgumentParser) -> None:
     """Auto-retry flags (:mod:`mastering.retry`): on by default with a small cap."""
-    p.add_argument("--no-retry", action="store_true", help="no scoring, no auto-retry")
+    p.add_argument(
+        "--no-retry",
+        action="store_true",
+        help="no auto-retry: one attempt per song (lacquer master then skips scoring too)",
+    )
     p.add_argument(
         "--retry-attempts",
         type=int,
@@ -204,23 +213,61 @@ def add_retry_arguments(p: argparse.ArgumentParser) -> None:
         help="attempts per song, the first included (default: the tuned policy's, else 3)",
     )
     p.add_argument(
-        "--retry-threshold", type=float, default=None, help="retry below this score (0-100)"
+        "--retry-threshold",
+        type=float,
+        default=None,
+        help="retry below this score, 0-100 (default: the tuned policy's, else the pass score)",
     )
     p.add_argument("--feedback", metavar="DIR", help="record every attempt in this feedback store")
+    p.add_argument(
+        "--models",
+        metavar="DIR",
+        help="lacquer improve's versions folder whose promoted genre adapters are used "
+        "(default: STORE/models of the feedback store; 'none': the base chain)",
+    )
+
+
+def feedback_store(args: argparse.Namespace) -> str:
+    """The feedback store: ``--feedback``, else ``$LACQUER_FEEDBACK_DIR``, else ./feedback."""
+    from tuning.tune_retry import default_store
+
+    return args.feedback or default_store()
+
+
+def retry_policy(args: argparse.Namespace):
+    """The :class:`mastering.retry.RetryPolicy` to use, ``None`` with ``--no-retry``: the one
+    ``lacquer tune retry`` saved in the feedback store, else the default (3 attempts), capped
+    by ``--retry-attempts``, its threshold replaced by ``--retry-threshold``."""
+    if args.no_retry:
+        return None
+    from tuning.tune_retry import load_retry_policy
+
+    policy = load_retry_policy(feedback_store(args), max_attempts=args.retry_attempts)
+    if args.retry_threshold is not None:
+        policy.threshold = args.retry_threshold
+    return policy.validate()
+
+
+def promoted_adapters(args: argparse.Namespace):
+    """The genre adapters of the version ``lacquer improve`` promoted
+    (:class:`mastering.adapter_folder.GenreAdapters`), ``None`` when none is promoted or
+    ``--models none``."""
+    if args.models == "none":
+        return None
+    from mastering.adapter_folder import GenreAdapters
+    from tuning.improve import current_adapter_dir
+
+    folder = current_adapter_dir(args.models or Path(feedback_store(args)) / "models")
+    return None if folder is None else GenreAdapters(folder)
 
 
 def retry_runner(chain, args: argparse.Namespace):
     """The chain wrapped in :class:`mastering.retry.RetryingChain` unless ``--no-retry``."""
-    if args.no_retry:
+    policy = retry_policy(args)
+    if policy is None:
         return chain
     from mastering.retry import RetryingChain
-    from tuning.tune_retry import load_retry_policy
 
-    # The policy `lacquer tune retry` saved in the feedback store (--feedback, else
-    # $LACQUER_FEEDBACK_DIR, else ./feedback), or the default one.
-    policy = load_retry_policy(args.feedback, max_attempts=args.retry_attempts)
-    if args.retry_threshold is not None:
-        policy.threshold = args.retry_threshold
     return RetryingChain(chain, policy)
 
 
@@ -232,9 +279,7 @@ def record_attempts(runner, report: dict[str, Any], args: argparse.Namespace) ->
     runner.last_attempts = []  # never reported again for the next file
     kept = next(a for a in attempts[0] if a.best)
     report["evaluation"] = {"score": kept.score, "attempt": kept.number, "of": len(attempts[0])}
-    report["attempts"] = [
-        {k: v for k, v in a.to_dict().items() if k != "parameters"} for a in attempts[0]
-    ]
+    report["attempts"] = [a.brief() for a in attempts[0]]
     if args.feedback:
         from tuning.store import FeedbackStore, attempt_rows, chain_version, hash_file
 
@@ -246,6 +291,7 @@ def record_attempts(runner, report: dict[str, Any], args: argparse.Namespace) ->
             metrics_before=report["before"],
             metrics_after=report["after"],
             chain_version=chain_version(),
+            adapter_version=report.get("adapter", {}).get("version", ""),
         )
         FeedbackStore(args.feedback).append(rows)
 
@@ -284,6 +330,17 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
         raise
 
 
+def promoted_chain(chain, options, args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
+    """``chain`` with the promoted adapter of the songs' genre (:func:`promoted_adapters`) and
+    ``{"name", "version"}`` of it; ``chain`` itself and ``{}`` when there is none."""
+    adapters = promoted_adapters(args)
+    if adapters is None:
+        return chain, {}
+    adapted = adapters.chain_for(chain, options.conditioning.resolved_genre())
+    name = getattr(adapted, "adapter_name", None)
+    return adapted, ({"name": name, "version": adapters.version} if name else {})
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -291,19 +348,19 @@ def run(args: argparse.Namespace) -> int:
     from mastering.render import master_file
 
     options = options_from_args(args)
+    chain, adapter = promoted_chain(Chain.pretrained(options.chain_config()), options, args)
+    chain = chain.to(options.device)
     if args.stems:
         if args.inputs:
             raise InvalidParameterError("give either INPUT files or --stems, not both")
         out_dir = Path(args.out)
         out_dir.mkdir(parents=True, exist_ok=True)
-        chain = Chain.pretrained(options.chain_config()).to(options.device)
         return run_stems(args, options, chain, out_dir)
     files = expand_inputs(args.inputs)
     if not files:
         raise InvalidParameterError("no input files")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    chain = Chain.pretrained(options.chain_config()).to(options.device)
     runner = retry_runner(chain, args)
     reports, failures = [], []
     bar = tqdm(files, unit="file", disable=args.no_progress or not sys.stderr.isatty())
@@ -311,6 +368,8 @@ def run(args: argparse.Namespace) -> int:
         bar.set_description(path.name)
         try:
             report = master_file(runner, path, out_dir, options)
+            if adapter:
+                report["adapter"] = adapter
             record_attempts(runner, report, args)
             if args.binaural:
                 report["binaural"] = binaural_output(report["output"], out_dir, options)

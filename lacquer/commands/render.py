@@ -5,6 +5,13 @@ cluster in ``RAY_ADDRESS``, as under ``ray job submit -- lacquer render ...``); 
 address the job joins that cluster. Running the same command again resumes a killed job
 (the manifest ``OUT_DIR/lacquer-manifest.parquet`` records every song's state). The exit code
 is 1 when any song failed; the others still complete.
+
+As in ``lacquer master``: every master is scored and re-mastered while below the threshold
+(auto-retry on the pipeline's last worker, :mod:`actors.retry_step`; ``--no-retry``,
+``--retry-attempts``, ``--retry-threshold``; the tuned policy of the feedback store), the
+promoted genre adapters of ``lacquer improve`` are used (``--models``), and ``--feedback DIR``
+appends every song's attempts to the feedback tables from the driver. The per-song metrics
+table ``OUT_DIR/lacquer-metrics.parquet`` has ``attempts``, ``first_score`` and ``score``.
 """
 
 from __future__ import annotations
@@ -16,8 +23,11 @@ from pathlib import Path
 from lacquer.commands.master import (
     AUDIO_EXTENSIONS,
     add_conditioning_arguments,
+    add_retry_arguments,
     expand_inputs,
     options_from_args,
+    promoted_adapters,
+    retry_policy,
 )
 from mastering.errors import InvalidParameterError
 
@@ -49,6 +59,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per stage worker")
     add_conditioning_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_retry_arguments(p)
     return p
 
 
@@ -80,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     out_dir = Path(args.out)
     songs = songs_for(args.input, out_dir)
+    adapters = promoted_adapters(args)
     config = RenderConfig(
         out_dir=out_dir,
         options=options,
@@ -91,11 +103,53 @@ def run(args: argparse.Namespace) -> int:
         transport=args.transport,
         cpus_per_group=args.cpus_per_worker,
         progress=False if args.no_progress else None,
+        retry=retry_policy(args),
+        adapter_dir=None if adapters is None else str(adapters.folder),
     ).validate()
+    on_song = None
+    if args.feedback:
+        on_song = feedback_recorder(args.feedback, options, adapters)
     with ray_session(args.address, num_gpus=args.gpus):
         job = RenderJob(songs, config)
-        summary = job.run()
+        summary = job.run(on_song=on_song)
     print(job.plan.describe() if job.plan else "", file=sys.stderr)
     for line in summary.lines():
         print(line, file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+def feedback_recorder(store: str, options, adapters):
+    """``on_song`` for :meth:`cluster.job.RenderJob.run`: append each done song's attempts to
+    the feedback tables (:class:`tuning.store.FeedbackStore`, one file per song, as
+    ``lacquer master`` does). The song id is the input file's stem (what ``lacquer improve``
+    matches pair manifests by); node and GPU are the last stage worker's."""
+    from dataclasses import asdict
+
+    from cluster.inputs import SongInput
+    from cluster.job import song_attempts
+    from mastering.retry import Attempt
+    from tuning.store import FeedbackStore, attempt_rows, chain_version
+
+    feedback, version = FeedbackStore(store), chain_version()
+
+    def record(rec, result) -> None:
+        song = SongInput(rec.song_id, Path(rec.input_path), rec.conditioning)
+        cond = song.resolve_conditioning(options.conditioning)
+        adapter = ""
+        if adapters is not None and adapters.adapter(cond.resolved_genre()) is not None:
+            adapter = adapters.version
+        rows = attempt_rows(
+            song_id=Path(rec.input_path).stem,
+            input_hash=rec.input_hash,
+            conditioning={**asdict(cond), "genre": cond.resolved_genre()},
+            attempts=[Attempt.from_dict(a) for a in song_attempts(result)],
+            metrics_before=None,
+            metrics_after=result.after,
+            chain_version=version,
+            adapter_version=adapter,
+            node=rec.node_id,
+            gpu=rec.gpu_ids,
+        )
+        feedback.append(rows)
+
+    return record
