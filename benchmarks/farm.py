@@ -48,12 +48,13 @@ from cluster.runtime import ray_session  # noqa: E402
 from mastering.chain import Chain  # noqa: E402
 from mastering.io import write_audio  # noqa: E402
 from mastering.render import MasterOptions  # noqa: E402
+from mastering.retry import RetryPolicy  # noqa: E402
 from mastering.testsignals import music_like  # noqa: E402
 
 SR = 48_000
 #: Breakdown columns (metrics ``t_<name>_s``), in pipeline order; stages are inserted.
 BEFORE = ("decode", "h2d", "begin")
-AFTER = ("hop", "wait", "d2h", "write", "measure")
+AFTER = ("hop", "wait", "measure", "retry", "quantize", "d2h", "write")
 
 
 def make_songs(folder: Path, n: int, seconds: float, unique: int = 16) -> list[Path]:
@@ -95,6 +96,7 @@ def farm(
     transport: str,
     cpus_per_worker: float = 1.0,
     overlap: int = 3,
+    retry: bool = False,
 ):
     """(summary, start-up seconds, mean per-song breakdown) of one farm run."""
     import pyarrow.parquet as pq
@@ -110,6 +112,7 @@ def farm(
         transport=transport,
         cpus_per_group=cpus_per_worker,
         overlap=overlap,
+        retry=RetryPolicy() if retry else None,
     )
     job = RenderJob(songs_from_files(paths), config)
     t = time.perf_counter()
@@ -196,6 +199,11 @@ def main() -> None:
         help="batches a worker holds at once (host I/O overlapped with the device), "
         "comma-separated to compare, e.g. 1,3",
     )
+    ap.add_argument(
+        "--retry",
+        action="store_true",
+        help="auto-retry on (the default policy, as `lacquer render` without a tuned one)",
+    )
     args = ap.parse_args()
     overlaps = [int(o) for o in args.overlap.split(",")]
     gpu_counts = [int(g) for g in args.gpus.split(",")]
@@ -240,10 +248,14 @@ def main() -> None:
                     args.transport,
                     args.cpus_per_worker,
                     overlap,
+                    args.retry,
                 )
                 assert summary.done == args.songs, summary.lines()
                 name = _label(mode, overlap, overlaps)
-                rows.append((name, str(gpus), summary.seconds, f"actors up {startup:.1f} s"))
+                note = f"actors up {startup:.1f} s"
+                if args.retry:
+                    note += f", {summary.mean_attempts:.2f} attempts/song"
+                rows.append((name, str(gpus), summary.seconds, note))
                 breakdown.append((name, gpus, steps))
         if cuda and not args.no_pedalboard:
             out = tmp / "pedalboard"
