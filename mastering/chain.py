@@ -448,5 +448,26 @@ def _dc_blocker(like: Tensor) -> Tensor:
 
 
 def remove_dc(x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Remove DC offset from ``x [batch, 2, n]``; returns ``(y, state)`` for streaming."""
-    return sosfilt(x, _dc_blocker(x), state, return_state=True)
+    """Remove DC offset from ``x [batch, 2, n]`` (linear amplitude, 48 kHz) with the
+    :func:`_dc_blocker` high-pass; returns ``(y, state)`` for streaming.
+
+    The filter runs in float64 whatever ``x``'s dtype: its poles sit 4.6e-4 inside the unit
+    circle, and in float32 the rounding differs between a whole song and the same song in
+    blocks (or batched with another song) by up to ~1e-2 full scale at the chain output; in
+    float64 the streamed and offline masters agree to ~5e-5 (the other stages' float32
+    rounding). ~4x the float32 filter's CPU time (55 ms per minute of stereo on a 2-core CPU),
+    still small next to the stages. ``y [batch, 2, n]`` comes back in
+    ``x``'s dtype, on ``x``'s device, differentiable with respect to ``x``.
+
+    Args:
+        x: audio ``[batch, 2, n]``, float32 or float64.
+        state: filter state ``[batch, 2, 2]`` returned by the previous block (float32 or
+            float64; ``None``: at rest).
+
+    Returns:
+        ``(y [batch, 2, n] in x.dtype, state [batch, 2, 2] float64)``.
+    """
+    x64 = x.to(torch.float64)
+    s64 = None if state is None else state.to(device=x.device, dtype=torch.float64)
+    y, final = sosfilt(x64, _dc_blocker(x64), s64, return_state=True)
+    return y.to(x.dtype), final

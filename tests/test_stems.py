@@ -73,11 +73,14 @@ def test_non_splittable_stages_are_measured_and_bounded(chain):
     raw = st.master_stems(
         chain, x, Conditioning(), roles=ROLES, options=st.StemOptions(reconcile=False)
     )
-    # documented bound (module docstring): exciter about -43 dB; everything else is exact
+    # documented (module docstring): exciter about -80 dB (measured -79.4 dB for this seed);
+    # everything else is exact. The lower bound keeps it a measured nonlinearity, well above
+    # the float rounding floor (-131 dB for the linear eq measured the same way).
     assert set(raw.split_error_db) == {"exciter"}
-    assert raw.split_error_db["exciter"] < -35.0
+    assert -95.0 < raw.split_error_db["exciter"] < -74.0
     # without reconciliation the remix misses the master by about the exciter's error
-    assert -70.0 < raw.remix_error_db < -30.0
+    assert -95.0 < raw.remix_error_db < -74.0
+    assert abs(raw.remix_error_db - raw.split_error_db["exciter"]) < 1.0
 
 
 @torch.no_grad()
