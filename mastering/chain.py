@@ -406,6 +406,8 @@ class _StageStream:
         self.dry_buffer: Tensor | None = None
 
     def push(self, x: Tensor) -> Tensor:
+        if x.shape[-1] == 0:
+            return x  # an upstream stage still filling its look-ahead: nothing to process
         self.n_in += x.shape[-1]
         y, self.state = self.stage.process(x, self.params, self.state)
         if self.wet < 1.0:

@@ -14,6 +14,7 @@ keep a dry path aligned with a look-ahead wet path).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -87,7 +88,7 @@ def apply_chunked(
         max_elements: bound on the elements of one sub-chunk ``[..., T']``; ``T'`` is at least
             ``4 * (past + lookahead)`` so the overlap stays a small fraction.
     """
-    rows = max(1, x[..., 0].numel())
+    rows = max(1, math.prod(x.shape[:-1]))
     step = max(max_elements // rows, 4 * (past + lookahead), 1)
     if x.shape[-1] <= step:
         return apply_with_history(x, history, op, past, lookahead)
