@@ -83,6 +83,7 @@ class SongResult:
         workers: ``[{stages, node_id, gpu_ids, pid, device}]`` of the workers it went through.
         attempts: with auto-retry, every mastering attempt (small dicts: number, score,
             sub_scores, overrides, best...; :mod:`actors.retry_step`); empty without.
+        batch_size: songs in the batch it was mastered in.
     """
 
     song_id: str
@@ -95,6 +96,7 @@ class SongResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     workers: list[dict[str, Any]] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    batch_size: int = 1
 
 
 @dataclass
@@ -393,6 +395,7 @@ class StageWorker:
                         "write": round(seconds, 5),
                     },
                     workers=batch.workers,
+                    batch_size=n,
                     attempts=finished.attempts[i] if finished.attempts else [],
                 )
             )

@@ -50,8 +50,11 @@ from cluster.manifest import (
     file_sha256,
     write_parquet_atomic,
 )
+from mastering import SAMPLE_RATE
 from mastering.adapter_folder import GenreAdapters
+from mastering.audio.info import resampled_length
 from mastering.errors import InvalidParameterError, LacquerError
+from mastering.io import probe_audio
 from mastering.render import MasterOptions, output_path
 from mastering.retry import RetryPolicy
 
@@ -60,6 +63,8 @@ METRICS_NAME = "lacquer-metrics.parquet"
 TRANSPORTS: tuple[str, ...] = ("object_store", "gloo", "nccl")
 #: Times a pipeline whose workers are dead for good is rebuilt from scratch.
 MAX_RESPAWNS = 2
+#: Batches' worth of queued songs the driver searches for songs that fit a batch.
+BATCH_WINDOW = 8
 
 
 class PlacementError(LacquerError):
@@ -116,6 +121,12 @@ class RenderConfig:
             ``lacquer improve`` promoted; :class:`mastering.adapter_folder.GenreAdapters`):
             each song is mastered with its genre's adapter, the base chain when the folder has
             none. Batches then hold songs of one genre. ``None``: no adapters.
+        max_padding: how much longer than a song its batch may be, as a fraction of the
+            song's length (0: songs batch only with songs of exactly their length). A batch is
+            padded with silence to its longest song, and a shorter song's controllers hear
+            that silence (a 1.5 s clip padded to 2 s came out 0.4 dB quieter than mastered
+            alone), so by default a master does not depend on what it was batched with. The
+            driver looks :data:`BATCH_WINDOW` batches ahead in the queue for songs that fit.
     """
 
     out_dir: Path
@@ -138,6 +149,7 @@ class RenderConfig:
     profile: bool = False
     retry: RetryPolicy | None = None
     adapter_dir: str | None = None
+    max_padding: float = 0.0
 
     def validate(self) -> RenderConfig:
         self.out_dir = Path(self.out_dir)
@@ -158,6 +170,8 @@ class RenderConfig:
             )
         if self.overlap < 1:
             raise InvalidParameterError(f"overlap must be >= 1, got {self.overlap}")
+        if not self.max_padding >= 0.0:
+            raise InvalidParameterError(f"max_padding must be >= 0, got {self.max_padding}")
         if self.transport != "object_store":
             self.overlap = 1
         return self
@@ -253,6 +267,7 @@ class RenderJob:
         self._on_result: Callable[[RenderJob, Manifest], None] | None = None
         self._on_song: Callable[[SongRecord, SongResult], None] | None = None
         self._saved_at = 0.0
+        self._lengths: dict[str, int | None] = {}
 
     # -- set-up ----------------------------------------------------------------------------
     def prepare_manifest(self) -> Manifest:
@@ -539,16 +554,7 @@ class RenderJob:
         for pipe in live:
             cap = cfg.max_in_flight or cfg.batch * (len(pipe.plan.groups) + cfg.overlap)
             while pending and pipe.songs_in_flight < cap:
-                ids = [pending.popleft()]
-                key = self._batch_key(manifest[ids[0]])
-                while (
-                    ids[0] not in alone
-                    and pending
-                    and len(ids) < cfg.batch
-                    and pending[0] not in alone
-                    and self._batch_key(manifest[pending[0]]) == key
-                ):
-                    ids.append(pending.popleft())
+                ids = self._take_batch(manifest, pending, alone)
                 specs = []
                 for sid in ids:
                     rec = manifest[sid]
@@ -567,6 +573,48 @@ class RenderJob:
                     pipe.in_flight[ref] = _Batch([s.song_id for s in specs], time.time())
                 submitted = True
         return submitted
+
+    def _take_batch(self, manifest: Manifest, pending: deque[str], alone: set[str]) -> list[str]:
+        """The next batch: the first queued song, and then, from the next
+        ``BATCH_WINDOW * batch`` queued songs, those that may share its batch
+        (:meth:`_fits`), in queue order; the others keep their places."""
+        first = pending.popleft()
+        ids = [first]
+        if first in alone or self.config.batch == 1:
+            return ids
+        skipped: list[str] = []
+        for _ in range(min(len(pending), BATCH_WINDOW * self.config.batch)):
+            if len(ids) == self.config.batch:
+                break
+            sid = pending.popleft()
+            if sid not in alone and self._fits(manifest, first, sid):
+                ids.append(sid)
+            else:
+                skipped.append(sid)
+        pending.extendleft(reversed(skipped))
+        return ids
+
+    def _fits(self, manifest: Manifest, first: str, other: str) -> bool:
+        """Whether ``other`` may join ``first``'s batch: the same batch key, and lengths
+        within ``max_padding`` of each other (an unreadable song batches alone)."""
+        a, b = self._length(manifest[first]), self._length(manifest[other])
+        if a is None or b is None:
+            return False
+        if abs(a - b) > self.config.max_padding * min(a, b):
+            return False
+        return self._batch_key(manifest[first]) == self._batch_key(manifest[other])
+
+    def _length(self, rec: SongRecord) -> int | None:
+        """The song's length at 48 kHz, samples, from its header (cached); ``None`` when it
+        cannot be read (the worker then fails it with the reason)."""
+        if rec.song_id not in self._lengths:
+            try:
+                info = probe_audio(rec.input_path)
+                length = resampled_length(info.frames, info.sample_rate, SAMPLE_RATE)
+            except LacquerError:
+                length = None
+            self._lengths[rec.song_id] = length
+        return self._lengths[rec.song_id]
 
     def _batch_key(self, rec: SongRecord) -> str:
         """Songs batch together only with equal keys: with genre adapters the resolved genre
@@ -757,12 +805,14 @@ def song_attempts(r: SongResult) -> list[dict[str, Any]]:
 def _metrics_row(rec: SongRecord, r: SongResult, pipeline: int) -> dict[str, Any]:
     """One song's row of the metrics table: where and how long it ran (``tries``: times sent
     to a pipeline), its loudness, its scores (``score``: the kept master's; ``first_score``:
-    the first attempt's; ``attempts``: mastering attempts made) and per-step seconds."""
+    the first attempt's; ``attempts``: mastering attempts made), the size of the batch it ran
+    in and per-step seconds."""
     attempts = song_attempts(r)
     row: dict[str, Any] = {
         "song_id": rec.song_id,
         "finished_at": rec.finished_at,
         "pipeline": pipeline,
+        "batch_size": r.batch_size,
         "tries": rec.attempts,
         "attempts": len(attempts),
         "first_score": attempts[0]["score"],

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+import torch
 
 from cluster.inputs import SongInput, songs_from_files
 from cluster.job import RenderConfig, RenderJob
@@ -91,6 +92,35 @@ def test_job_masters_every_song_to_target_on_separate_gpus(ray_cluster, tmp_path
         assert RenderJob(songs, cfg).run().done == 3
         for p in outs:
             assert (folder / p.name).read_bytes() == p.read_bytes(), (overlap, p.name)
+
+
+def test_batches_hold_songs_of_one_length_so_a_master_does_not_depend_on_its_batch(
+    ray_cluster, tmp_path
+):
+    """By default a batch holds only songs of the same length (the driver looks ahead in the
+    queue for them): each master then equals the song mastered alone. Allowing padding puts
+    the 1.5 s song in a batch with 2 s songs, and its controllers hear the silence."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    lengths = {"a.wav": 2.0, "b.wav": 1.5, "c.wav": 2.0, "d.wav": 2.0}
+    for i, (name, seconds) in enumerate(lengths.items()):
+        write_audio(folder / name, music_like(seconds, seed=20 + i), format="wav24")
+    songs = songs_from_files(sorted(folder.iterdir()), root=folder)
+
+    def render(name: str, sizes: dict[str, int], **kwargs) -> dict[str, torch.Tensor]:
+        cfg = RenderConfig(tmp_path / name, gpus=1, max_in_flight=4, progress=False, **kwargs)
+        summary = RenderJob(songs, cfg).run()
+        assert summary.done == 4
+        rows = pq.read_table(summary.metrics_path).to_pylist()
+        assert {r["song_id"]: r["batch_size"] for r in rows} == sizes
+        return {s.path.name: read_audio(tmp_path / name / s.path.name)[0] for s in songs}
+
+    alone = render("alone", dict.fromkeys(lengths, 1), batch=1)
+    grouped = render("grouped", {"a.wav": 3, "b.wav": 1, "c.wav": 3, "d.wav": 3}, batch=4)
+    padded = render("padded", dict.fromkeys(lengths, 4), batch=4, max_padding=1.0)
+    for name in lengths:  # batched kernels round differently: 4e-4 measured
+        assert (grouped[name] - alone[name]).abs().max() < 1e-3, name
+    assert (padded["b.wav"] - alone["b.wav"]).abs().max() > 1e-2
 
 
 def test_poison_songs_fail_alone_with_their_errors(ray_cluster, tmp_path):

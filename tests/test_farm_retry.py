@@ -148,7 +148,8 @@ def test_pipeline_mode_retries_on_the_last_worker(ray_cluster, songs, tmp_path):
         MasterOptions(),
         gpus=2,
         mode="pipeline",
-        batch=2,  # one batch, the 1 s song zero-padded to the 1.5 s one
+        batch=2,
+        max_padding=1.0,  # one batch, the 1 s song zero-padded to the 1.5 s one
         progress=False,
         retry=RetryPolicy(threshold=99.0, max_attempts=2),
     )

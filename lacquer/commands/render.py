@@ -48,6 +48,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "pipeline: stage groups on separate GPUs",
     )
     p.add_argument("--batch", type=int, default=1, help="songs per batch (default 1)")
+    p.add_argument(
+        "--max-padding",
+        type=float,
+        default=0.0,
+        help="how much longer than a song its batch may be, as a fraction of its length "
+        "(default 0: batches of equal lengths, so a master never depends on its batch)",
+    )
     p.add_argument("--max-in-flight", type=int, help="songs in flight per pipeline")
     p.add_argument("--max-attempts", type=int, default=3, help="tries per song (worker deaths)")
     p.add_argument(
@@ -98,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         gpus=args.gpus,
         mode=args.mode,
         batch=args.batch,
+        max_padding=args.max_padding,
         max_in_flight=args.max_in_flight,
         max_attempts=args.max_attempts,
         transport=args.transport,
