@@ -7,9 +7,13 @@ Endpoints:
   ``multipart/form-data`` with a ``file`` part and the parameters as fields). Answers the
   mastered file with a small JSON report in the ``X-Lacquer-Report`` header; with
   ``Accept: multipart/mixed`` a two-part answer (the full report as JSON, then the file);
-  with ``stream=true`` the encoded file in chunked blocks.
+  with ``stream=true`` the encoded file in chunked blocks. Every master is scored and, below
+  the server's threshold, re-mastered with altered parameters (auto-retry, on by default with
+  a small cap; ``retry=false``: one attempt; ``max_attempts``: the cap for this request); the
+  reports list the attempts (number, score, sub-scores, kept) and the kept score.
 * ``POST /v1/analyze``: loudness and features of an uploaded file.
-* ``GET /v1/presets``: genres, style words, emotions, rule-breaks, adapters, formats.
+* ``GET /v1/presets``: genres, style words, emotions, rule-breaks, adapters, formats,
+  attempts (default and limit).
 * ``GET /healthz``: liveness (no token needed).
 * ``GET /``: the studio page (:mod:`serving.studio`).
 """
@@ -26,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 
 from mastering.errors import LacquerError
+from serving.codec import byte_blocks
 from serving.http import (
     GuardMiddleware,
     UnsupportedMediaType,
@@ -76,8 +81,18 @@ class MasterParams(BaseModel):
     target_lufs: float = Field(-14.0, description="loudness target, LUFS (-60..0)")
     ceiling_dbtp: float = Field(-1.0, description="true-peak ceiling, dBTP (-20..0)")
     format: str = Field("wav24", description="wav16, wav24, wav32f, flac16 or flac24")
-    adapter: str = Field("default", description="style adapter / chain variant")
+    adapter: str | None = Field(
+        None,
+        description="style adapter / chain variant (default: the server's genre adapter for "
+        "the song's genre when it has promoted ones, else the shipped chain)",
+    )
     stream: bool = Field(False, description="stream the encoded master in chunked blocks")
+    retry: bool = Field(
+        True, description="score the master and re-master it while below the threshold"
+    )
+    max_attempts: int | None = Field(
+        None, description="attempts in all, the first included (default: the server's policy)"
+    )
 
     def rule_break_names(self) -> tuple[str, ...]:
         return tuple(r.strip() for r in (self.rule_breaks or "").split(",") if r.strip())
@@ -90,9 +105,8 @@ class Service(Protocol):
     max_upload_bytes: int
     upload_dir: str | None
 
-    async def master(
-        self, upload: Upload, params: MasterParams, series: bool = False
-    ) -> dict[str, Any]: ...
+    async def master(self, upload: Upload, params: MasterParams, series: bool = False) -> Any:
+        """The encoded master and its reports (:class:`serving.request.Mastered`)."""
 
     async def analyze(self, upload: Upload) -> dict[str, Any]: ...
 
@@ -181,27 +195,30 @@ class _InvalidForm(LacquerError):
 
 
 def _master_response(
-    request: Request, params: MasterParams, result: dict[str, Any], upload: Upload
+    request: Request, params: MasterParams, result: Any, upload: Upload
 ) -> Response:
-    headers = {"X-Lacquer-Report": json.dumps(result["header"], separators=(",", ":"))}
+    """The answer to ``POST /v1/master`` from a :class:`serving.request.Mastered`."""
+    headers = {"X-Lacquer-Report": json.dumps(result.header, separators=(",", ":"))}
     cleanup = BackgroundTask(upload.__exit__)
     if params.stream:
         return StreamingResponse(
-            result["blocks"], media_type=result["media_type"], headers=headers, background=cleanup
+            byte_blocks(result.data),
+            media_type=result.media_type,
+            headers=headers,
+            background=cleanup,
         )
-    data = result["path"].read_bytes()
     if "multipart/mixed" in request.headers.get("accept", ""):
         boundary = uuid.uuid4().hex
-        report = json.dumps(result["report"]).encode()
+        report = json.dumps(result.report).encode()
         body = b"".join(
             [
                 f"--{boundary}\r\nContent-Type: application/json\r\n"
                 'Content-Disposition: inline; name="report"\r\n\r\n'.encode(),
                 report,
-                f"\r\n--{boundary}\r\nContent-Type: {result['media_type']}\r\n"
+                f"\r\n--{boundary}\r\nContent-Type: {result.media_type}\r\n"
                 f'Content-Disposition: attachment; name="master"; '
-                f'filename="{result["filename"]}"\r\n\r\n'.encode(),
-                data,
+                f'filename="{result.filename}"\r\n\r\n'.encode(),
+                result.data,
                 f"\r\n--{boundary}--\r\n".encode(),
             ]
         )
@@ -211,4 +228,4 @@ def _master_response(
             headers=headers,
             background=cleanup,
         )
-    return Response(data, media_type=result["media_type"], headers=headers, background=cleanup)
+    return Response(result.data, media_type=result.media_type, headers=headers, background=cleanup)

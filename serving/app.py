@@ -1,17 +1,23 @@
 """The Serve application: a FastAPI ingress deployment in front of the stage-group
 deployments (:mod:`serving.stages`), composed with DeploymentHandles.
 
-Per ``POST /v1/master``: the ingress spools and decodes the upload (:mod:`serving.codec`),
-validates the parameters, sends the song through the stage groups (each call's
-``DeploymentResponse`` is handed straight to the next group, so the audio goes replica to
-replica through the object store, not back through the ingress), then encodes the master. The
-first and the last group measure the input and the master for the report where the audio is
-(on the GPU when there is one).
+Placement (:attr:`serving.config.ServingConfig.placement`): ``fused`` (the default) deploys
+one stage group holding the whole chain (one replica per GPU), so a song makes one hop,
+ingress -> chain replica -> ingress; ``split`` deploys one group per GPU, the stage-per-GPU
+composition of the farm (each call's ``DeploymentResponse`` is handed straight to the next
+group, so the audio goes replica to replica through the object store, not back through the
+ingress).
+
+Per ``POST /v1/master`` (:func:`serving.request.master_upload`, in a worker thread): the
+ingress spools and decodes the upload, validates the parameters, masters the song with
+auto-retry (:mod:`serving.attempts`: every attempt goes through the stage groups with its
+overrides; the last group measures and scores the master on its device), then encodes the
+master in memory. Tensors travel between replicas as NumPy arrays (:mod:`serving.wire`).
 
 Fault handling: if a stage replica dies while holding a song (killed, node lost), the ingress
-sends the song through the pipeline again, up to ``pipeline_retries`` times with a growing
+sends the attempt through the pipeline again, up to ``pipeline_retries`` times with a growing
 pause while Serve replaces the replica; the client sees only the extra latency. When the
-retries are used up it answers 503 with ``Retry-After``. Overload is answered by Serve's
+re-sends are used up it answers 503 with ``Retry-After``. Overload is answered by Serve's
 back-pressure (429 + ``Retry-After`` at the ingress, ``max_queued_requests``).
 
 Build it with :func:`serving.config.build_app`, or ``serve deploy serving/config.yaml``
@@ -21,7 +27,8 @@ Build it with :func:`serving.config.build_app`, or ``serve deploy serving/config
 from __future__ import annotations
 
 import asyncio
-import time
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ray import serve
@@ -29,25 +36,16 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from mastering.chain import ChainConfig
-from mastering.conditioning import EMOTIONS, GENRES, RULE_BREAKS, STYLE_WORDS, Conditioning
-from mastering.errors import InvalidParameterError
+from mastering.conditioning import EMOTIONS, GENRES, RULE_BREAKS, STYLE_WORDS
 from mastering.render import FORMATS
+from serving import wire
 from serving.api import MasterParams, build_api
 from serving.batch import SongJob
-from serving.codec import (
-    analysis,
-    decode,
-    encode,
-    file_blocks,
-    header_measures,
-    media_type,
-    source_info,
-)
+from serving.codec import analysis, decode
 from serving.config import ServingConfig, build_app
 from serving.http import Upload
-from serving.models import adapter_names, check_adapter, use_adapter_dir
-from serving.studio import studio_series
+from serving.models import adapter_names, spec_chain, use_adapter_dir
+from serving.request import Mastered, master_upload, request_policy, song_job
 
 #: Failures of a stage replica (not of the song) after which the song is sent again.
 RETRYABLE = (RayActorError, ActorDiedError, ActorUnavailableError, DeploymentUnavailableError)
@@ -71,11 +69,16 @@ class Ingress:
     """
 
     def __init__(self, config: ServingConfig, token: str | None, *groups: DeploymentHandle):
+        wire.install()
         self.config = config
         self.token = token
         self.max_upload_bytes = config.max_upload_bytes
         self.upload_dir = config.upload_dir
         self.groups = list(groups)
+        self.policy = config.retry_policy()
+        # One worker thread per request this replica takes at once (the default pool has
+        # cpus + 4): a request's thread waits while its song is in the stage groups.
+        self.pool = ThreadPoolExecutor(max(1, config.max_ongoing_requests), "lacquer-request")
         use_adapter_dir(config.adapter_dir)
 
     def __serve_build_asgi_app__(self):
@@ -105,6 +108,10 @@ class Ingress:
             "rule_breaks": dict(RULE_BREAKS),
             "adapters": adapter_names(),
             "formats": list(FORMATS),
+            "max_attempts": {
+                "default": self.policy.max_attempts,
+                "limit": self.config.max_attempts_limit,
+            },
         }
 
     async def analyze(self, upload: Upload) -> dict[str, Any]:
@@ -112,94 +119,40 @@ class Ingress:
         report = await asyncio.to_thread(analysis, audio, info)
         return {"file": upload.filename, **report}
 
-    async def master(
-        self, upload: Upload, params: MasterParams, series: bool = False
-    ) -> dict[str, Any]:
+    async def master(self, upload: Upload, params: MasterParams, series: bool = False) -> Mastered:
         """Master one upload; ``series``: add the studio page's plot data to the full report
         (``None`` there otherwise)."""
-        want_series = series
-        t0 = time.perf_counter()
-        job = self._job(params)  # parameters first: a bad one costs no decode
-        job.audio, info = await asyncio.to_thread(decode, upload.path)
-        job.mono = info.channels == 1
-        t_decode = time.perf_counter()
-        done, attempts = await self._pipeline(job)
-        t_chain = time.perf_counter()
-        series = None
-        if want_series:
-            series = await asyncio.to_thread(studio_series, job.audio, done.audio, job.mono)
-        path = await asyncio.to_thread(encode, done.audio, info, params.format, upload.path.parent)
-        before = {**done.before, "source": source_info(info)}
-        after = done.after
-        t_end = time.perf_counter()
-        seconds = {
-            "decode": round(t_decode - t0, 4),
-            "chain": round(t_chain - t_decode, 4),
-            "encode": round(t_end - t_chain, 4),
-        }
-        used = {
-            "adapter": job.adapter,
-            "target_lufs": job.target_lufs,
-            "ceiling_dbtp": job.ceiling_dbtp,
-            "format": params.format,
-            "conditioning": done.conditioning_used,
-        }
-        header = {
-            "file": upload.filename,
-            "before": header_measures(before),
-            "after": header_measures(after),
-            **used,
-            "batch_sizes": done.batch_sizes,
-            "pipeline_attempts": attempts,
-            "seconds": seconds,
-        }
-        report = {
-            "file": upload.filename,
-            "before": before,
-            "after": after,
-            **used,
-            "parameters": done.parameters,
-            "batch_sizes": done.batch_sizes,
-            "group_seconds": done.group_seconds,
-            "pipeline_attempts": attempts,
-            "seconds": seconds,
-            "series": series,
-        }
-        return {
-            "path": path,
-            "filename": f"{_stem(upload.filename)}.mastered.{FORMATS[params.format]}",
-            "media_type": media_type(params.format),
-            "header": header,
-            "report": report,
-            "blocks": file_blocks(path),
-        }
+        song_job(params, self.config.genre_folder())  # parameters first: no decode if bad
+        policy = request_policy(params, self.policy, self.config.max_attempts_limit)
+        loop = asyncio.get_running_loop()
+        resent = [0]
+
+        def send(job: SongJob) -> SongJob:
+            """From the request's worker thread: one attempt through the stage groups, on
+            this replica's event loop."""
+            done, sends = asyncio.run_coroutine_threadsafe(self._pipeline(job), loop).result()
+            resent[0] += sends - 1
+            return done
+
+        work = functools.partial(
+            master_upload,
+            upload.path,
+            upload.filename,
+            params,
+            policy,
+            spec_chain,
+            send,
+            series,
+            self.config.genre_folder(),
+        )
+        result = await loop.run_in_executor(self.pool, work)
+        result.header["resent"] = result.report["resent"] = resent[0]
+        return result
 
     # -- helpers -----------------------------------------------------------------------------
-    def _job(self, params: MasterParams) -> SongJob:
-        """Validate ``params`` (422 listing valid values on a bad one) into a job."""
-        if params.format not in FORMATS:
-            raise InvalidParameterError(
-                f"unknown format {params.format!r}; valid: {', '.join(FORMATS)}"
-            )
-        conditioning = Conditioning(
-            genre=params.genre,
-            tempo_bpm=params.tempo,
-            style=params.style,
-            emotion=params.emotion,
-            rule_breaks=params.rule_break_names(),
-        ).validate()
-        ChainConfig(target_lufs=params.target_lufs, ceiling_dbtp=params.ceiling_dbtp).validate()
-        return SongJob(
-            adapter=check_adapter(params.adapter),
-            target_lufs=params.target_lufs,
-            ceiling_dbtp=params.ceiling_dbtp,
-            conditioning=conditioning,
-            audio=None,
-        )
-
     async def _pipeline(self, job: SongJob) -> tuple[SongJob, int]:
         """Send ``job`` through every stage group; re-send it when a replica died. Returns
-        the finished job and the number of attempts it took."""
+        the finished job and the number of sends it took."""
         pause = RETRY_PAUSE_S
         for attempt in range(self.config.pipeline_retries + 1):
             try:
@@ -233,11 +186,6 @@ def replica_died(exc: BaseException) -> bool:
         seen.add(id(exc))
         exc = exc.__cause__ or getattr(exc, "cause", None) or exc.__context__
     return False
-
-
-def _stem(filename: str) -> str:
-    stem = filename.rsplit(".", 1)[0]
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in stem).lstrip(".") or "song"
 
 
 def app_builder(args: dict[str, Any] | None = None):

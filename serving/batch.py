@@ -1,18 +1,18 @@
 """Songs travelling through the Serve stage groups, and how a group batches them.
 
-A request is one :class:`SongJob`. The first stage group turns its audio into a
+A request's attempt is one :class:`SongJob`. The first stage group turns its audio into a
 :class:`~mastering.chain.ChainState` of batch 1 (``Chain.begin``: DC removal, conditioning
-estimated on that song alone, unpadded); every group then
+estimated on that song alone, unpadded, the attempt's parameter overrides); every group then
 
 1. groups the jobs of one dynamic batch by :meth:`SongJob.chain_key` (adapter, loudness target,
-   ceiling: songs in one tensor batch must share a chain),
+   ceiling, overrides: songs in one tensor batch must share a chain and its overrides),
 2. pads each group's songs with silence to the longest and concatenates them
    (:func:`merge_states`),
 3. runs its stages on the batch (``Chain.run_stages``), except the stages of
    :data:`EXACT_LENGTH_STAGES`, which run on sub-batches of songs of equal length
    (:func:`run_group`),
-4. writes each song's parameters of those stages into its job as JSON (time-varying ones cut
-   back to the song's own frames) and splits the batch back into songs of their own lengths
+4. keeps each song's parameters of those stages (time-varying ones cut back to the song's own
+   frames) and stage reports, and splits the batch back into songs of their own lengths
    (:func:`split_state`).
 
 Why master out runs unpadded: it searches the gain that brings the song's integrated loudness
@@ -24,6 +24,7 @@ results move by about 1e-3 (measured in ``tests/test_serving_units.py``).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,10 +33,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mastering.chain import Chain, ChainOutput, ChainState
+from mastering.chain import Chain, ChainConfig, ChainOutput, ChainState
 from mastering.conditioning import Conditioning, ConditioningBatch
 from mastering.errors import InvalidParameterError
-from mastering.stages.base import FRAME_HOP
+from mastering.evaluation import Evaluation
+from mastering.stages.base import FRAME_HOP, Params
 
 #: Adapter name meaning "the shipped chain, no adapter".
 DEFAULT_ADAPTER = "default"
@@ -45,20 +47,30 @@ EXACT_LENGTH_STAGES = frozenset({"master_out"})
 
 @dataclass
 class SongJob:
-    """One song on its way through the stage groups (pickled between replicas).
+    """One attempt at one song on its way through the stage groups (pickled between
+    replicas; its tensors travel as NumPy arrays, :mod:`serving.wire`).
 
     Attributes:
         adapter: style adapter / chain variant name (the multiplexed model id).
         target_lufs: loudness target, LUFS. ceiling_dbtp: true-peak ceiling, dBTP.
         conditioning: what the song is mastered for (read by the first group).
         audio: ``[2, samples]`` float32 at 48 kHz: the input until the first group has run,
-            the master once the last group has run, ``None`` in between.
-        state: the song part-way through the chain (batch 1), between groups.
-        parameters: ``{stage: {param: {value|mean/min/max, unit}}}`` of the stages run so far.
+            the master (on the CPU) once the last group has run, ``None`` in between.
+        overrides: ``{stage: {param: value}}`` in physical units (a retry attempt's).
         mono: the source was mono (its loudness is measured on one channel).
+        measure_input: the first group measures the input (``before``); the first attempt
+            of a request asks for it, later attempts do not.
+        score: the last group scores the master (``evaluation``) with
+            :class:`mastering.evaluation.Evaluator`, on its device.
+        state: the song part-way through the chain (batch 1, CPU), between groups.
+        params: ``{stage: {param: tensor [1, ...]}}`` (CPU) of the stages run so far,
+            time-varying ones cut to the song's frames.
+        info: ``{stage: report}`` of the stages that report (e.g. master out's status).
+        cond: the song's encoded conditioning (CPU), set by the last group.
         before, after: measurements of the input and of the master
             (:func:`serving.codec.measurements`), taken where the audio is (the first and the
             last group's device).
+        evaluation: the master's scores (batch 1), set by the last group when ``score``.
         conditioning_used: resolved genre, tempo (BPM), energy and vocal ratio (0..1).
         group_seconds: seconds each group spent on the batch holding this song.
         batch_sizes: size of the tensor batch this song was in, per group.
@@ -69,18 +81,59 @@ class SongJob:
     ceiling_dbtp: float
     conditioning: Conditioning
     audio: Tensor | None
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     mono: bool = False
+    measure_input: bool = True
+    score: bool = True
     state: ChainState | None = None
+    params: dict[str, Params] = field(default_factory=dict)
+    info: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cond: ConditioningBatch | None = None
     before: dict[str, Any] = field(default_factory=dict)
     after: dict[str, Any] = field(default_factory=dict)
-    parameters: dict[str, Any] = field(default_factory=dict)
+    evaluation: Evaluation | None = None
     conditioning_used: dict[str, Any] = field(default_factory=dict)
     group_seconds: list[float] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
 
-    def chain_key(self) -> tuple[str, float, float]:
+    def chain_key(self) -> tuple[str, float, float, str]:
         """Songs with equal keys can share one tensor batch."""
-        return (self.adapter, self.target_lufs, self.ceiling_dbtp)
+        overrides = json.dumps(self.overrides, sort_keys=True, default=float)
+        return (self.adapter, self.target_lufs, self.ceiling_dbtp, overrides)
+
+    def attempt(
+        self,
+        audio: Tensor,
+        conditioning: Conditioning,
+        overrides: dict[str, dict[str, Any]],
+        measure_input: bool,
+        score: bool,
+    ) -> SongJob:
+        """A fresh job for one attempt at this job's song (adapter, target, ceiling, mono)."""
+        return SongJob(
+            adapter=self.adapter,
+            target_lufs=self.target_lufs,
+            ceiling_dbtp=self.ceiling_dbtp,
+            conditioning=conditioning,
+            audio=audio,
+            overrides={k: dict(v) for k, v in overrides.items()},
+            mono=self.mono,
+            measure_input=measure_input,
+            score=score,
+        )
+
+    def output(self, config: ChainConfig) -> ChainOutput:
+        """The finished attempt as a batch-1 :class:`ChainOutput` of a chain configured by
+        ``config`` (what ``Chain.forward`` would have returned for this song alone)."""
+        if self.audio is None or self.cond is None:
+            raise InvalidParameterError("the song has not been through the last stage group")
+        return ChainOutput(
+            audio=self.audio.unsqueeze(0),
+            params=self.params,
+            cond=self.cond,
+            info={k: [v] for k, v in self.info.items()},
+            config=config,
+        )
 
 
 def merge_states(states: list[ChainState]) -> ChainState:
@@ -112,14 +165,19 @@ def merge_states(states: list[ChainState]) -> ChainState:
 
 def split_state(batch: ChainState, like: list[ChainState]) -> list[ChainState]:
     """The songs of ``batch`` (made by :func:`merge_states` from ``like``) as batch-1 states
-    of their own lengths, without parameters (report them first: :func:`song_parameters`)."""
+    of their own lengths, without parameters (take them first: :func:`song_slice`)."""
     out = []
+    alone = len(like) == 1  # a batch of one is the song itself: no copy
+
+    def cut(x: Tensor, i: int, n: int) -> Tensor:
+        return x[:, :, :n] if alone else x[i : i + 1, :, :n].clone()
+
     for i, song in enumerate(like):
         n = song.audio.shape[-1]
         out.append(
             ChainState(
-                audio=batch.audio[i : i + 1, :, :n].clone(),
-                dry=None if batch.dry is None else batch.dry[i : i + 1, :, :n].clone(),
+                audio=cut(batch.audio, i, n),
+                dry=None if batch.dry is None else cut(batch.dry, i, n),
                 cond=batch.cond.select([i]),
                 overrides=batch.overrides,
                 length=song.length,
@@ -129,13 +187,14 @@ def split_state(batch: ChainState, like: list[ChainState]) -> list[ChainState]:
     return out
 
 
-def song_parameters(
+def song_slice(
     chain: Chain, batch: ChainState, index: int, samples: int, stages: tuple[str, ...]
-) -> dict[str, Any]:
-    """JSON parameters of ``stages`` for song ``index`` of ``batch``; time-varying values are
-    cut to the song's own ``ceil(samples / FRAME_HOP)`` frames before they are summarized."""
+) -> tuple[dict[str, Params], dict[str, dict[str, Any]]]:
+    """Song ``index`` of ``batch``: its parameters of ``stages`` (``[1, ...]`` tensors;
+    time-varying ones cut to the song's own ``ceil(samples / FRAME_HOP)`` frames) and the
+    reports of those stages."""
     frames = math.ceil(samples / FRAME_HOP)
-    params = {}
+    params: dict[str, Params] = {}
     for name in stages:
         stage = chain.stages[name]
         params[name] = {
@@ -144,24 +203,19 @@ def song_parameters(
             )
             for k, v in batch.params[name].items()
         }
-    info = {k: [v[index]] for k, v in batch.info.items() if k in stages}
-    out = ChainOutput(
-        audio=batch.audio[index : index + 1],
-        params=params,
-        cond=batch.cond.select([index]),
-        info=info,
-        config=chain.config,
-    )
-    return out.parameters_json(0, chain.stages)
+    info = {k: v[index] for k, v in batch.info.items() if k in stages}
+    return params, info
 
 
 def run_group(
     chain: Chain, songs: list[ChainState], stages: Sequence[str]
-) -> tuple[list[ChainState], list[dict[str, Any]]]:
+) -> tuple[list[ChainState], list[dict[str, Params]], list[dict[str, dict[str, Any]]]]:
     """Run ``stages`` on batch-1 ``songs`` as padded batches (equal-length sub-batches for
     :data:`EXACT_LENGTH_STAGES`). Returns the songs after the stages, at their own lengths,
-    and each song's JSON parameters of those stages."""
-    params: list[dict[str, Any]] = [{} for _ in songs]
+    each song's parameters of those stages and each song's stage reports
+    (:func:`song_slice`)."""
+    params: list[dict[str, Params]] = [{} for _ in songs]
+    info: list[dict[str, dict[str, Any]]] = [{} for _ in songs]
     for segment, exact in _segments(stages):
         if exact:
             by_length: dict[int, list[int]] = {}
@@ -175,11 +229,13 @@ def run_group(
             part = [songs[i] for i in index]
             batch = chain.run_stages(merge_states(part), segment)
             for j, i in enumerate(index):
-                params[i].update(song_parameters(chain, batch, j, part[j].audio.shape[-1], segment))
+                p, r = song_slice(chain, batch, j, part[j].audio.shape[-1], segment)
+                params[i].update(p)
+                info[i].update(r)
             for i, state in zip(index, split_state(batch, part), strict=True):
                 after[i] = state
         songs = after
-    return songs, params
+    return songs, params, info
 
 
 def _segments(stages: Sequence[str]) -> list[tuple[tuple[str, ...], bool]]:

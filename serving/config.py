@@ -7,13 +7,27 @@ arguments).
 Regenerate the committed file after changing a default::
 
     python -m serving.config > serving/config.yaml
+
+(then ``python infra/generate.py``: the KubeRay RayService embeds this file).
+
+Placement: ``fused`` (default) runs the whole chain in one deployment (each replica reserves
+``gpus_per_group`` GPUs; ``min_replicas``..``max_replicas`` of them, e.g. one per GPU): a song
+makes one hop, ingress -> chain replica -> ingress. ``split`` runs one deployment per stage
+group (default one per GPU), the farm's stage-per-GPU composition: a song makes one more hop
+per extra group, each carrying the whole song. Fused is the default because it measured
+faster and has nothing to wait on: with ``benchmarks/serving.py``-style requests of a 30 s
+clip on the 2-core CPU machine, transport and queueing took 24.5 ms fused and 36.5 ms split
+in two groups (the stage work is the same), the farm measured ~0.4 s per hop of a 3-minute
+song through the object store on a GPU node, and every fused replica holds every stage, so
+any GPU can take any song (no pipeline stage to starve or to wait for). Split is for a chain
+that does not fit one GPU, or to pipeline long songs through several GPUs.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +35,7 @@ import yaml
 
 from mastering.chain import DEFAULT_ORDER
 from mastering.errors import InvalidParameterError
+from mastering.retry import RetryPolicy
 
 #: Hosts that count as loopback (no token needed).
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -28,6 +43,16 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 TOKEN_ENV = "LACQUER_API_TOKEN"
 CONFIG_YAML = Path(__file__).with_name("config.yaml")
 IMPORT_PATH = "serving.app:app_builder"
+#: Where the stage groups run (see the module docstring).
+PLACEMENTS = ("fused", "split")
+#: Attempts per song by default on the Serve endpoints (the first included): a small cap.
+SERVE_MAX_ATTEMPTS = 2
+
+
+def serve_retry_policy() -> RetryPolicy:
+    """The default auto-retry policy of the endpoints: :class:`RetryPolicy`'s defaults with
+    at most :data:`SERVE_MAX_ATTEMPTS` attempts."""
+    return RetryPolicy(max_attempts=SERVE_MAX_ATTEMPTS)
 
 
 def plan_groups(stages: tuple[str, ...], groups: int) -> list[tuple[str, ...]]:
@@ -45,8 +70,10 @@ class ServingConfig:
 
     Attributes:
         host, port: HTTP bind address. Any host but loopback requires a token.
-        gpus: GPUs for the stage groups (0: CPU). groups: stage groups, each a deployment
-            (default: one per GPU, at most one per stage; 1 on CPU).
+        placement: ``fused`` (one deployment runs the whole chain) or ``split`` (one
+            deployment per stage group); see the module docstring.
+        gpus: GPUs for the stage groups (0: CPU). groups: with ``split``, the stage groups,
+            each a deployment (default: one per GPU, at most one per stage); ``fused`` is one.
         gpus_per_group: ``num_gpus`` of each stage-group replica (default 1 with GPUs, else 0).
         device: torch device of the stage groups (``cpu`` or ``cuda``).
         api_token: bearer token (default: the ``LACQUER_API_TOKEN`` environment variable).
@@ -58,20 +85,33 @@ class ServingConfig:
         stage_max_ongoing_requests, stage_max_queued_requests: the same for stage groups
             (``max_ongoing`` must hold a full batch).
         max_batch_size, batch_wait_timeout_s: dynamic batching of the stage groups (songs,
-            seconds).
+            seconds). A batch waits up to ``batch_wait_timeout_s`` after its first song for
+            more; 0 takes the songs already queued, so a lone song runs at once and under load
+            the songs that queue while a batch runs make the next batch.
         min_replicas, max_replicas: autoscaling range of every deployment.
         target_ongoing_requests: autoscaling target per replica.
         health_check_period_s: how often Serve checks replicas, seconds (a killed replica is
             replaced within about this long).
         pipeline_retries: times the ingress re-sends a song whose stage replica died.
+        retry: the auto-retry policy of ``POST /v1/master`` (:class:`RetryPolicy`: threshold,
+            perturbations, max_attempts, min_gain, jitter, seed); on by default with
+            :data:`SERVE_MAX_ATTEMPTS` attempts. ``lacquer serve`` puts the tuned policy here.
+        max_attempts_limit: the most attempts a request may ask for (``max_attempts``).
         upload_dir: folder for spooled uploads (default: the system's temporary folder).
         adapter_dir: folder of user style adapters (``LACQUER_ADAPTER_DIR`` of
-            :mod:`mastering.adapters`) for the replicas; ``None``: their environment's.
+            :mod:`mastering.adapters`) for the replicas, searched before the shipped ones;
+            ``None``: their environment's.
+        genre_adapters: a request that names no adapter is mastered with ``adapter_dir``'s
+            ``genre-<genre>`` adapter for its genre when the folder has one
+            (:mod:`mastering.adapter_folder`: the rule ``lacquer improve`` scores a version
+            with), else with the shipped chain. ``lacquer serve`` sets it with the folder of
+            the promoted version.
         app_name, route_prefix: Serve application name and route prefix.
     """
 
     host: str = "127.0.0.1"
     port: int = 8000
+    placement: str = "fused"
     gpus: int = 0
     groups: int | None = None
     gpus_per_group: float | None = None
@@ -84,14 +124,17 @@ class ServingConfig:
     stage_max_ongoing_requests: int = 16
     stage_max_queued_requests: int = 256
     max_batch_size: int = 8
-    batch_wait_timeout_s: float = 0.02
+    batch_wait_timeout_s: float = 0.0
     min_replicas: int = 1
     max_replicas: int = 2
     target_ongoing_requests: float = 8.0
     health_check_period_s: float = 2.0
     pipeline_retries: int = 4
+    retry: RetryPolicy = field(default_factory=serve_retry_policy)
+    max_attempts_limit: int = 4
     upload_dir: str | None = None
     adapter_dir: str | None = None
+    genre_adapters: bool = False
     app_name: str = "lacquer"
     route_prefix: str = "/"
 
@@ -105,8 +148,15 @@ class ServingConfig:
         return self.api_token or os.environ.get(TOKEN_ENV) or None
 
     def stage_groups(self) -> list[tuple[str, ...]]:
+        """The stage groups, each one deployment: the whole chain when ``fused``."""
+        if self.placement == "fused":
+            return [tuple(DEFAULT_ORDER)]
         n = self.groups if self.groups is not None else max(1, min(self.gpus, len(DEFAULT_ORDER)))
         return plan_groups(DEFAULT_ORDER, n)
+
+    def retry_policy(self) -> RetryPolicy:
+        """A copy of the auto-retry policy."""
+        return replace(self.retry, perturbations=dict(self.retry.perturbations))
 
     def group_gpus(self) -> float:
         if self.gpus_per_group is not None:
@@ -133,8 +183,28 @@ class ServingConfig:
             raise InvalidParameterError("need 1 <= min_replicas <= max_replicas")
         if self.device not in ("cpu", "cuda"):
             raise InvalidParameterError(f"device must be cpu or cuda, got {self.device!r}")
+        if self.placement not in PLACEMENTS:
+            raise InvalidParameterError(
+                f"unknown placement {self.placement!r}; valid: {', '.join(PLACEMENTS)}"
+            )
+        if self.placement == "fused" and self.groups not in (None, 1):
+            raise InvalidParameterError(
+                f"groups={self.groups} needs placement split (fused runs one group)"
+            )
+        self.retry.validate()  # perturbed parameters checked against the stage classes
+        if not 1 <= self.retry.max_attempts <= self.max_attempts_limit:
+            raise InvalidParameterError(
+                f"retry.max_attempts {self.retry.max_attempts} is outside "
+                f"1..max_attempts_limit ({self.max_attempts_limit})"
+            )
+        if self.genre_adapters and self.adapter_dir is None:
+            raise InvalidParameterError("genre_adapters needs adapter_dir (the adapter folder)")
         self.stage_groups()
         return self
+
+    def genre_folder(self) -> str | None:
+        """The folder whose genre adapters master requests that name no adapter, if any."""
+        return self.adapter_dir if self.genre_adapters else None
 
     # -- (de)serialization --------------------------------------------------------------------
     def to_args(self) -> dict[str, Any]:
@@ -143,11 +213,18 @@ class ServingConfig:
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None) -> ServingConfig:
+        args = dict(args or {})
         known = {f.name for f in fields(cls)}
-        unknown = set(args or {}) - known
+        unknown = set(args) - known
         if unknown:
             raise InvalidParameterError(f"unknown serving options: {', '.join(sorted(unknown))}")
-        return cls(**(args or {}))
+        if isinstance(args.get("retry"), dict):
+            retry = args["retry"]
+            wrong = set(retry) - {f.name for f in fields(RetryPolicy)}
+            if wrong:
+                raise InvalidParameterError(f"unknown retry options: {', '.join(sorted(wrong))}")
+            args["retry"] = RetryPolicy(**retry)
+        return cls(**args)
 
     def autoscaling(self) -> dict[str, Any]:
         return {
@@ -160,8 +237,9 @@ class ServingConfig:
 
 
 def build_app(config: ServingConfig):
-    """The Serve application: the ingress bound to one deployment per stage group, each
-    replica reserving ``gpus_per_group`` GPUs."""
+    """The Serve application: the ingress bound to one deployment per stage group (``Chain``
+    when fused, ``StageGroup0``.. when split), each replica reserving ``gpus_per_group``
+    GPUs."""
     from ray.serve.config import BackpressureConfig
 
     from serving.app import Ingress
@@ -172,7 +250,7 @@ def build_app(config: ServingConfig):
     handles = []
     for i, stages in enumerate(groups):
         deployment = StageGroup.options(
-            name=f"StageGroup{i}",
+            name="Chain" if config.placement == "fused" else f"StageGroup{i}",
             ray_actor_options={"num_cpus": 1, "num_gpus": config.group_gpus()},
             max_ongoing_requests=config.stage_max_ongoing_requests,
             max_queued_requests=config.stage_max_queued_requests,

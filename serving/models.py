@@ -11,6 +11,7 @@ A name is one of
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -53,6 +54,24 @@ def adapter_names() -> list[str]:
     return [DEFAULT_ADAPTER, *style_adapters(), *VARIANTS]
 
 
+@functools.lru_cache(maxsize=8)
+def _folder_genres(folder: str) -> frozenset[str]:
+    from mastering.adapter_folder import GenreAdapters
+
+    return frozenset(GenreAdapters(folder).genres())
+
+
+def genre_adapter(folder: str | None, genre: str) -> str | None:
+    """The name of ``folder``'s adapter for ``genre`` (``genre-<genre>``,
+    :mod:`mastering.adapter_folder`), ``None`` without one. The folder is read once per
+    process (a promoted version's folder never changes)."""
+    if folder is None or genre not in _folder_genres(folder):
+        return None
+    from mastering.adapters import genre_adapter_name
+
+    return genre_adapter_name(genre)
+
+
 def check_adapter(name: str) -> str:
     """``name`` if :func:`load_chain` takes it; otherwise :class:`InvalidParameterError`
     listing the valid names."""
@@ -73,3 +92,10 @@ def load_chain(name: str, device: str = "cpu") -> Chain:
             check_adapter(name)
         chain = module.apply_adapter(chain, name)
     return chain.to(device).eval()
+
+
+@functools.lru_cache(maxsize=8)
+def spec_chain(name: str) -> Chain:
+    """A CPU copy of the chain called ``name``, loaded once per process: where the ingress
+    takes parameter specs and the chain config from (no audio runs through it there)."""
+    return load_chain(name, "cpu")

@@ -2,10 +2,13 @@
 error code, streaming, multiplexed adapters, Prometheus metrics, a load burst, schemathesis
 fuzzing and a stage replica killed mid-load.
 
-Two applications run on one Serve instance (a free port, not 8000): ``lacquer`` (two stage
-groups, one logical GPU per replica, up to two replicas each, a bearer token, a style adapter
-saved with :mod:`mastering.adapters` in its adapter folder) and ``tiny`` (one stage group,
-1 MB uploads, one request at a time with a queue of one: overload is answered 429 at once).
+Two applications run on one Serve instance (a free port, not 8000): ``lacquer`` (the split
+placement: two stage-group deployments, one logical GPU per replica, up to two replicas each,
+a bearer token, a style adapter saved with :mod:`mastering.adapters` in its adapter folder;
+its retry policy scores every master and retries only when a request asks for attempts) and
+``tiny`` (the fused placement: one deployment runs the whole chain; 1 MB uploads, one request
+at a time with a queue of one: overload is answered 429 at once; its retry policy makes two
+attempts at every song: the threshold is 100).
 In the load and fault tests every clip has a length no other clip has and the report names
 its measured input loudness, so an answer carrying another song's master fails.
 """
@@ -36,14 +39,18 @@ from mastering.chain import Chain
 from mastering.conditioning import GENRES, Conditioning
 from mastering.io import read_audio, write_audio
 from mastering.loudness import measure
+from mastering.retry import RetryPolicy
 from mastering.testsignals import music_like
 
 pytestmark = pytest.mark.ray
 
 TOKEN = "test-token-123"
+#: The tiny app's retry policy: no master of these clips scores 100, so two attempts each.
+TINY_RETRY = RetryPolicy(threshold=100.0, max_attempts=2)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 APP = "lacquer"
 ADAPTER = "test-bright-wide"
+GENRE_ADAPTER = "genre-metal"
 
 
 @pytest.fixture(scope="module")
@@ -61,18 +68,22 @@ def served(ray_cluster, tmp_path_factory):
     make_adapter(adapter_dir)
     main = ServingConfig(
         port=port,
+        placement="split",
         gpus=2,
         api_token=TOKEN,
         upload_dir=str(upload_dir),
         max_replicas=2,
         health_check_period_s=1.0,
         adapter_dir=str(adapter_dir),
+        genre_adapters=True,
+        retry=RetryPolicy(threshold=100.0, max_attempts=1),
+        max_attempts_limit=3,
     )
     tiny = ServingConfig(
         port=port,
         app_name="tiny",
         route_prefix="/tiny",
-        groups=1,
+        retry=TINY_RETRY,
         max_upload_mb=1.0,
         max_ongoing_requests=1,
         max_queued_requests=1,
@@ -88,7 +99,8 @@ def served(ray_cluster, tmp_path_factory):
 
 
 def make_adapter(folder: Path) -> Path:
-    """A style adapter made and saved with :mod:`mastering.adapters`: brighter and wider."""
+    """A style adapter made and saved with :mod:`mastering.adapters`: brighter and wider;
+    saved also as the folder's genre adapter for metal (as ``lacquer improve`` saves them)."""
     from mastering import adapters
     from mastering.conditioning import MACRO_INDEX
 
@@ -96,6 +108,7 @@ def make_adapter(folder: Path) -> Path:
     with torch.no_grad():
         adapter.stages["eq"].macro_offset[MACRO_INDEX["brightness"]] = 1.0
         adapter.stages["imager"].macro_offset[MACRO_INDEX["width"]] = 1.0
+    adapters.save_adapter(adapter, folder, name=GENRE_ADAPTER)
     return adapters.save_adapter(adapter, folder)
 
 
@@ -142,7 +155,7 @@ def test_presets_lists_conditioning_vocabulary(served):
     assert body["genres"] == list(GENRES)
     assert "aggressive" in body["styles"] and "rage" in body["emotions"]
     assert "PRODUCTION_LoFi" in body["rule_breaks"]
-    assert {"default", ADAPTER, "gentle", "dry"} <= set(body["adapters"])
+    assert {"default", ADAPTER, GENRE_ADAPTER, "gentle", "dry"} <= set(body["adapters"])
 
 
 def test_master_raw_body_round_trip(served, clips):
@@ -255,6 +268,97 @@ def test_adapters_are_multiplexed_chains(served, clips):
         served["main"], src, {"adapter": ADAPTER, "genre": "ambient", "format": "wav32f"}
     )
     assert np.array_equal(decode_body(again.content)[0], outs[ADAPTER])
+
+
+def test_fused_app_retries_and_matches_the_in_process_path(served, clips, tmp_path):
+    """The fused app (one deployment runs the whole chain): every master is scored, two
+    attempts are made (the tiny app's threshold is 100), the report lists them and the kept
+    score, and the master and scores equal the in-process path's (serving.direct)."""
+    from serving.api import MasterParams
+    from serving.direct import DirectMaster
+
+    src = clips["b"].read_bytes()
+    params = {"genre": "jazz", "format": "wav32f"}
+    r = requests.post(
+        f"{served['tiny']}/v1/master",
+        data=src,
+        params=params,
+        headers={"Content-Type": "audio/wav", "Accept": "multipart/mixed"},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    header = json.loads(r.headers["X-Lacquer-Report"])
+    boundary = r.headers["content-type"].split("boundary=")[1].encode()
+    parts = [p for p in r.content.split(b"--" + boundary) if p.strip(b"-\r\n")]
+    report = json.loads(parts[0].split(b"\r\n\r\n", 1)[1].strip())
+    audio, _ = decode_body(parts[1].split(b"\r\n\r\n", 1)[1][: -len(b"\r\n")])
+
+    attempts = header["attempts"]
+    assert [a["number"] for a in attempts] == [1, 2]
+    assert all(set(a["sub_scores"]) == {"clarity", "dynamics", "balance", "loudness",
+                                        "stereo", "artifacts"} for a in attempts)  # fmt: skip
+    kept = [a for a in attempts if a["best"]]
+    assert len(kept) == 1 and header["evaluation"]["score"] == kept[0]["score"]
+    assert header["evaluation"]["of"] == 2 and kept[0]["score"] >= attempts[0]["score"]
+    assert report["attempts"][0]["overrides"] == {} and report["attempts"][1]["overrides"]
+    assert report["evaluation"] == header["evaluation"]
+    assert report["rescored"] == 0  # the replica's scores were used, nothing scored twice
+
+    local = tmp_path / "b.wav"
+    local.write_bytes(src)
+    direct = DirectMaster(policy=TINY_RETRY).master(local, MasterParams(**params))
+    ref, _ = decode_body(direct.data)
+    assert [a["score"] for a in direct.header["attempts"]] == pytest.approx(
+        [a["score"] for a in attempts], abs=0.05
+    )
+    assert np.max(np.abs(audio - ref)) < 1e-4
+
+    off = requests.post(
+        f"{served['tiny']}/v1/master",
+        data=src,
+        params={"genre": "jazz", "retry": "false"},
+        headers={"Content-Type": "audio/wav"},
+        timeout=120,
+    )
+    assert off.status_code == 200, off.text
+    one = json.loads(off.headers["X-Lacquer-Report"])
+    assert [a["number"] for a in one["attempts"]] == [1] and one["evaluation"]["of"] == 1
+    assert one["attempts"][0]["score"] == pytest.approx(attempts[0]["score"], abs=0.05)
+
+
+def test_split_app_retries_across_stage_groups(served, clips):
+    """The split app: an attempt's overrides go through both stage-group deployments; the
+    request's max_attempts replaces the policy's cap, within the server's limit."""
+    src = clips["b"].read_bytes()
+    r = master(served["main"], src, {"genre": "rock", "max_attempts": 2})
+    assert r.status_code == 200, r.text
+    header = json.loads(r.headers["X-Lacquer-Report"])
+    assert [a["number"] for a in header["attempts"]] == [1, 2]
+    assert header["evaluation"]["score"] == max(a["score"] for a in header["attempts"] if a["best"])
+    assert header["batch_sizes"] and len(header["batch_sizes"]) == 2  # the kept attempt's groups
+    default = json.loads(master(served["main"], src, {"genre": "rock"}).headers["X-Lacquer-Report"])
+    assert [a["number"] for a in default["attempts"]] == [1]  # this app's policy: one attempt
+    r = master(served["main"], src, {"max_attempts": 9})
+    assert r.status_code == 422 and "1..3" in r.json()["problem"]
+
+
+def test_genre_adapters_of_the_adapter_folder_master_requests_naming_none(served, clips):
+    """With genre adapters on (what ``lacquer serve`` does with a promoted version), a song
+    whose request names no adapter gets the folder's adapter for its genre; naming one wins."""
+    src = clips["b"].read_bytes()
+    auto = master(served["main"], src, {"genre": "metal", "format": "wav32f"})
+    assert auto.status_code == 200, auto.text
+    header = json.loads(auto.headers["X-Lacquer-Report"])
+    assert header["adapter"] == GENRE_ADAPTER and header["adapter_version"]
+    named = master(
+        served["main"], src, {"genre": "metal", "adapter": GENRE_ADAPTER, "format": "wav32f"}
+    )
+    base = master(served["main"], src, {"genre": "metal", "adapter": "default", "format": "wav32f"})
+    assert json.loads(base.headers["X-Lacquer-Report"])["adapter"] == "default"
+    assert np.array_equal(decode_body(auto.content)[0], decode_body(named.content)[0])
+    assert np.max(np.abs(decode_body(auto.content)[0] - decode_body(base.content)[0])) > 1e-3
+    rock = json.loads(master(served["main"], src, {"genre": "rock"}).headers["X-Lacquer-Report"])
+    assert rock["adapter"] == "default"  # no rock adapter in the folder: the shipped chain
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -412,7 +516,7 @@ def check_answer(r: requests.Response, clip: dict, seconds: float) -> dict:
     audio, rate = sf.read(io.BytesIO(r.content), dtype="float32", always_2d=True)
     report = json.loads(r.headers["X-Lacquer-Report"])
     outcome["batch_sizes"] = report["batch_sizes"]
-    outcome["attempts"] = report["pipeline_attempts"]
+    outcome["resent"] = report["resent"]
     checks = {
         "rate": rate == 48_000,
         "length": audio.shape == (clip["samples"], 2),
@@ -531,7 +635,7 @@ def test_killed_stage_replica_recovers_without_wrong_answers(served):
         w.join()
     outcomes = [o for o, _ in results]
     retried = sum(n for _, n in results)
-    resent = sum(o.get("attempts", 1) - 1 for o in outcomes)
+    resent = sum(o.get("resent", 0) for o in outcomes)
     print(
         f"\nfault: killed pid {victim}; the ingress re-sent {resent} songs; "
         f"clients saw {retried} retryable answers"

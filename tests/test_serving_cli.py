@@ -25,6 +25,40 @@ def test_public_bind_without_token_is_refused(monkeypatch, capsys):
     assert "requires a bearer token" in capsys.readouterr().err
 
 
+def test_serve_config_takes_the_tuned_policy_and_the_promoted_adapters(tmp_path):
+    """What ``lacquer serve`` deploys: the retry policy ``lacquer tune retry`` saved (its
+    attempts capped by --retry-attempts), and the adapter folder of the version ``lacquer
+    improve`` promoted; without them, the defaults."""
+    from lacquer.cli import build_parser
+    from lacquer.commands.serve import serving_config
+    from tuning.improve import VERSIONS, set_current
+    from tuning.trials import save_best
+    from tuning.tune_retry import KIND
+
+    store = tmp_path / "feedback"
+    plain = serving_config(build_parser().parse_args(["serve", "--feedback", str(store)]))
+    assert plain.retry.max_attempts == 2 and plain.retry.threshold == 70.0
+    assert plain.adapter_dir is None and not plain.genre_adapters and plain.placement == "fused"
+
+    save_best(store, KIND, {"config": {"threshold": 82.0, "max_attempts": 4, "min_gain": 1.0}})
+    (store / "models" / VERSIONS / "v0001").mkdir(parents=True)
+    set_current(store / "models", "v0001")
+    args = ["serve", "--feedback", str(store), "--retry-attempts", "3", "--gpus", "4"]
+    tuned = serving_config(build_parser().parse_args(args))
+    assert (tuned.retry.threshold, tuned.retry.min_gain, tuned.retry.max_attempts) == (82.0, 1.0, 3)
+    assert tuned.adapter_dir == str(store / "models" / VERSIONS / "v0001")
+    assert tuned.genre_adapters and tuned.genre_folder() == tuned.adapter_dir
+    assert tuned.max_replicas == 4 and tuned.device == "cuda"  # fused: a replica per GPU
+    off = serving_config(
+        build_parser().parse_args(["serve", "--feedback", str(store), "--no-retry"])
+    )
+    assert off.retry.max_attempts == 1 and off.max_attempts_limit == 1
+    base = serving_config(
+        build_parser().parse_args(["serve", "--feedback", str(store), "--models", "none"])
+    )
+    assert base.adapter_dir is None and not base.genre_adapters
+
+
 def test_lacquer_serve_prints_url_serves_and_stops_on_ctrl_c(ray_cluster):
     port = free_port()
     cli = Path(sys.executable).with_name("lacquer")
