@@ -652,6 +652,10 @@ def dashboard_panels() -> list[tuple[str, list[tuple[str, str]], str]]:
                     f"sum by (endpoint, status) (rate(ray_lacquer_errors_total{rate}))",
                     "errors {{endpoint}} {{status}}",
                 ),
+                (
+                    f"sum(rate(ray_lacquer_feedback_failures_total{rate}))",
+                    "attempts not recorded (feedback store)",
+                ),
             ],
             "reqps",
         ),

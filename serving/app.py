@@ -28,7 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import importlib
+import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -44,6 +49,7 @@ from serving.batch import SongJob
 from serving.codec import analysis, decode
 from serving.config import ServingConfig, build_app
 from serving.http import Upload
+from serving.metrics import metrics
 from serving.models import adapter_names, spec_chain, use_adapter_dir
 from serving.request import Mastered, master_upload, request_policy, song_job
 
@@ -51,6 +57,9 @@ from serving.request import Mastered, master_upload, request_policy, song_job
 RETRYABLE = (RayActorError, ActorDiedError, ActorUnavailableError, DeploymentUnavailableError)
 #: First pause before re-sending, seconds (doubles each time).
 RETRY_PAUSE_S = 0.5
+
+
+logger = logging.getLogger("ray.serve")
 
 
 class StageUnavailable(Exception):
@@ -80,6 +89,7 @@ class Ingress:
         # cpus + 4): a request's thread waits while its song is in the stage groups.
         self.pool = ThreadPoolExecutor(max(1, config.max_ongoing_requests), "lacquer-request")
         use_adapter_dir(config.adapter_dir)
+        self.record = feedback_recorder(config)
 
     def __serve_build_asgi_app__(self):
         from fastapi import Request
@@ -147,7 +157,20 @@ class Ingress:
         )
         result = await loop.run_in_executor(self.pool, work)
         result.header["resent"] = result.report["resent"] = resent[0]
+        if self.record is not None:
+            await loop.run_in_executor(self.pool, self._record, upload.path, result.report)
         return result
+
+    def _record(self, path: Path, report: dict[str, Any]) -> None:
+        """Append the master's attempts to the feedback store. A store that cannot be
+        written is logged and counted; the client still gets its master."""
+        try:
+            self.record(report, file_sha256(path))
+        except Exception as exc:
+            logger.warning(
+                "feedback store %s: attempts not recorded: %s", self.config.feedback_dir, exc
+            )
+            metrics().feedback_failures.inc()
 
     # -- helpers -----------------------------------------------------------------------------
     async def _pipeline(self, job: SongJob) -> tuple[SongJob, int]:
@@ -173,6 +196,24 @@ class Ingress:
                 await asyncio.sleep(pause)
                 pause *= 2
         raise AssertionError("unreachable")
+
+
+def feedback_recorder(config: ServingConfig) -> Callable[[dict[str, Any], str], None] | None:
+    """The ``record(report, input_hash)`` of ``config.feedback_recorder`` for
+    ``config.feedback_dir`` (``None`` without a store)."""
+    if config.feedback_dir is None:
+        return None
+    module, _, name = config.feedback_recorder.partition(":")
+    return getattr(importlib.import_module(module), name)(config.feedback_dir)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, hex (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def replica_died(exc: BaseException) -> bool:

@@ -106,6 +106,14 @@ class ServingConfig:
             (:mod:`mastering.adapter_folder`: the rule ``lacquer improve`` scores a version
             with), else with the shipped chain. ``lacquer serve`` sets it with the folder of
             the promoted version.
+        feedback_dir: append every attempt of every master to this feedback store (one
+            file per request, safe with many replicas); ``None``: not recorded.
+            ``lacquer serve --feedback DIR`` sets it.
+        feedback_recorder: import path (``module:function``) of
+            ``function(feedback_dir) -> record(report, input_hash)``, which the ingress calls
+            with each master's full report and the SHA-256 of its upload. Resolved in the
+            replica at start-up, so :mod:`serving` never imports the layer that writes the
+            tables (:mod:`tuning.serve_feedback` by default).
         app_name, route_prefix: Serve application name and route prefix.
     """
 
@@ -135,6 +143,8 @@ class ServingConfig:
     upload_dir: str | None = None
     adapter_dir: str | None = None
     genre_adapters: bool = False
+    feedback_dir: str | None = None
+    feedback_recorder: str = "tuning.serve_feedback:recorder"
     app_name: str = "lacquer"
     route_prefix: str = "/"
 
@@ -199,6 +209,11 @@ class ServingConfig:
             )
         if self.genre_adapters and self.adapter_dir is None:
             raise InvalidParameterError("genre_adapters needs adapter_dir (the adapter folder)")
+        module, colon, name = self.feedback_recorder.partition(":")
+        if not (module and colon and name):
+            raise InvalidParameterError(
+                f"feedback_recorder must be 'module:function', got {self.feedback_recorder!r}"
+            )
         self.stage_groups()
         return self
 

@@ -32,6 +32,10 @@ class ServeMetrics:
             description="HTTP requests answered with a 4xx/5xx, by endpoint and status code.",
             tag_keys=("endpoint", "status"),
         )
+        self.feedback_failures = Counter(
+            "lacquer_feedback_failures_total",
+            description="Masters whose attempts could not be appended to the feedback store.",
+        )
         self.latency = Histogram(
             "lacquer_request_latency_s",
             description="End-to-end request latency at the ingress, seconds.",

@@ -344,6 +344,7 @@ def _record_everything() -> bool:
     serve_metrics().request("/v1/master", 200, 0.3)
     serve_metrics().request("/v1/master", 422, 0.01)
     serve_metrics().batch("eq+compressor", 4, 0.05)
+    serve_metrics().feedback_failures.inc()
     return True
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import json
 import os
@@ -66,6 +67,7 @@ def served(ray_cluster, tmp_path_factory):
     upload_dir = tmp_path_factory.mktemp("uploads")
     adapter_dir = tmp_path_factory.mktemp("adapters")
     make_adapter(adapter_dir)
+    feedback_dir = tmp_path_factory.mktemp("feedback")
     main = ServingConfig(
         port=port,
         placement="split",
@@ -81,6 +83,7 @@ def served(ray_cluster, tmp_path_factory):
     )
     tiny = ServingConfig(
         port=port,
+        feedback_dir=str(feedback_dir),
         app_name="tiny",
         route_prefix="/tiny",
         retry=TINY_RETRY,
@@ -93,7 +96,12 @@ def served(ray_cluster, tmp_path_factory):
     )
     try:
         main_url, tiny_url = deploy(main, tiny)
-        yield {"main": main_url, "tiny": tiny_url, "upload_dir": upload_dir}
+        yield {
+            "main": main_url,
+            "tiny": tiny_url,
+            "upload_dir": upload_dir,
+            "feedback": feedback_dir,
+        }
     finally:
         serve.shutdown()
 
@@ -324,6 +332,17 @@ def test_fused_app_retries_and_matches_the_in_process_path(served, clips, tmp_pa
     one = json.loads(off.headers["X-Lacquer-Report"])
     assert [a["number"] for a in one["attempts"]] == [1] and one["evaluation"]["of"] == 1
     assert one["attempts"][0]["score"] == pytest.approx(attempts[0]["score"], abs=0.05)
+
+    # Every attempt of both masters is in the tiny app's feedback store (one file each).
+    from tuning.store import FeedbackStore
+
+    digest = hashlib.sha256(src).hexdigest()
+    rows = [r for r in FeedbackStore(served["feedback"]).read().to_pylist()]
+    rows = [r for r in rows if r["input_hash"] == digest]
+    assert sorted((r["attempt"], r["kept"]) for r in rows) == sorted(
+        [(a["number"], a["best"]) for a in attempts] + [(1, True)]
+    )
+    assert {round(r["score"], 2) for r in rows} >= {round(a["score"], 2) for a in attempts}
 
 
 def test_split_app_retries_across_stage_groups(served, clips):

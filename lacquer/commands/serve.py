@@ -60,7 +60,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=2,
         help="attempts per song by default, the first included (default 2)",
     )
-    p.add_argument("--feedback", metavar="DIR", help="feedback store (tuned policy, versions)")
+    p.add_argument(
+        "--feedback",
+        metavar="DIR",
+        help="feedback store: the tuned policy and promoted versions are read from it, and "
+        "every attempt of every master is appended to it (default store: read only)",
+    )
     p.add_argument(
         "--models",
         metavar="DIR",
@@ -104,6 +109,7 @@ def serving_config(args: argparse.Namespace):
         max_attempts_limit=limit,
         adapter_dir=None if adapters is None else str(adapters),
         genre_adapters=adapters is not None,
+        feedback_dir=args.feedback,
     ).validate()
 
 
