@@ -360,7 +360,23 @@ def _cat_outputs(outs: Sequence[ChainOutput]) -> ChainOutput:
     )
 
 
-class RetryingChain:
+class ChainStandIn:
+    """Base of objects called in place of a chain (``obj(x, conditioning, overrides=...)`` ->
+    :class:`ChainOutput`) that wrap one: ``stages`` and ``config`` are the wrapped
+    ``self.chain``'s, which is what callers read besides calling it."""
+
+    chain: Chain
+
+    @property
+    def stages(self):
+        return self.chain.stages
+
+    @property
+    def config(self):
+        return self.chain.config
+
+
+class RetryingChain(ChainStandIn):
     """A chain that retries: ``RetryingChain(chain, policy, evaluator)(x, conditioning,
     overrides=...)`` returns the best attempt of each song as one :class:`ChainOutput`; the
     attempts of the last call are in :attr:`last_attempts` (one list per song).
@@ -378,14 +394,6 @@ class RetryingChain:
             target_lufs=chain.config.target_lufs, ceiling_dbtp=chain.config.ceiling_dbtp
         )
         self.last_attempts: list[list[Attempt]] = []
-
-    @property
-    def stages(self):
-        return self.chain.stages
-
-    @property
-    def config(self):
-        return self.chain.config
 
     def __call__(
         self,

@@ -35,7 +35,7 @@ from mastering.conditioning import Conditioning
 from mastering.errors import InvalidParameterError
 from mastering.evaluation import Evaluation, Evaluator
 from mastering.render import MasterOptions
-from mastering.retry import Attempt, RetryPolicy, master_with_retry
+from mastering.retry import Attempt, ChainStandIn, RetryPolicy, master_with_retry
 from serving.batch import SongJob
 
 #: Shortest master the evaluator scores (:func:`mastering.evaluation.measure` needs 0.5 s).
@@ -45,7 +45,7 @@ MIN_SCORE_SAMPLES = SAMPLE_RATE // 2
 Send = Callable[[SongJob], SongJob]
 
 
-class PipelineChain:
+class PipelineChain(ChainStandIn):
     """What :func:`mastering.retry.master_with_retry` calls as its chain (see the module
     docstring).
 
@@ -63,14 +63,6 @@ class PipelineChain:
         self.song = song
         self.score = score
         self.done: list[tuple[ChainOutput, SongJob]] = []
-
-    @property
-    def stages(self):
-        return self.chain.stages
-
-    @property
-    def config(self):
-        return self.chain.config
 
     def __call__(
         self,
