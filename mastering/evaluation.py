@@ -69,7 +69,7 @@ from mastering.dsp.biquad import highpass_sos, lowpass_sos
 from mastering.dsp.iir import sosfilt
 from mastering.dsp.stereo import correlation, side_to_mid_ratio_db
 from mastering.errors import InvalidAudioError, InvalidParameterError
-from mastering.loudness import measure_batch
+from mastering.loudness import LoudnessReport, measure_batch
 
 SAMPLE_RATE = 48_000
 _TINY = 1e-12
@@ -292,18 +292,24 @@ def _pumping(x: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def measure(x: Tensor, genres: Sequence[str | None] | None = None) -> Measurements:
+def measure(
+    x: Tensor,
+    genres: Sequence[str | None] | None = None,
+    reports: Sequence[LoudnessReport] | None = None,
+) -> Measurements:
     """All the measurements of ``x [batch, 2, samples]`` (48 kHz, at least 0.5 s).
 
     Args:
         genres: one per song (``None``: neutral); sets the reference-curve tilt.
+        reports: the :func:`mastering.loudness.measure_batch` of ``x`` when the caller has
+            measured it already (not measured again).
 
     Raises:
         InvalidAudioError: mis-shaped, too short or non-finite audio.
     """
     x = _check(x)
     tilt_target = target_tilt(genres, x.shape[0])
-    reports = measure_batch(x)
+    reports = measure_batch(x) if reports is None else reports
     lufs = torch.tensor([r.integrated_lufs for r in reports], dtype=torch.float32)
     tp = torch.tensor([r.true_peak_dbtp for r in reports], dtype=torch.float32)
     spectral = _spectral_measures(x, tilt_target)
@@ -417,10 +423,12 @@ class Evaluator:
         *,
         target_lufs: float | None = None,
         ceiling_dbtp: float | None = None,
+        reports: Sequence[LoudnessReport] | None = None,
     ) -> Evaluation:
         """Score ``x [batch, 2, samples]``; ``genres`` one per song (``None``: neutral);
-        ``target_lufs`` / ``ceiling_dbtp`` replace the evaluator's for this call."""
-        m = measure(x, genres)
+        ``target_lufs`` / ``ceiling_dbtp`` replace the evaluator's for this call;
+        ``reports``: ``x``'s :func:`mastering.loudness.measure_batch`, if already measured."""
+        m = measure(x, genres, reports)
         lufs = self.target_lufs if target_lufs is None else target_lufs
         ceiling = self.ceiling_dbtp if ceiling_dbtp is None else ceiling_dbtp
         subs = sub_scores(m, lufs, ceiling, genres)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from mastering.conditioning import Conditioning
 from mastering.dsp.stereo import side_to_mid_ratio_db
 from mastering.errors import InvalidParameterError
 from mastering.io import read_audio, write_audio
-from mastering.loudness import measure_batch
+from mastering.loudness import LoudnessReport, measure_batch
 
 #: Output format name -> file extension.
 FORMATS: dict[str, str] = {
@@ -84,15 +85,18 @@ class MasterOptions:
         ).validate()
 
 
-def summary(x: Tensor) -> list[dict[str, float | None]]:
+def summary(
+    x: Tensor, reports: Sequence[LoudnessReport] | None = None
+) -> list[dict[str, float | None]]:
     """Per-song measurements of ``x [batch, 2, samples]`` (48 kHz): loudness (LUFS, LU, dBTP,
-    dB), spectral tilt (dB/octave) and inter-channel correlation."""
+    dB), spectral tilt (dB/octave) and inter-channel correlation. ``reports``: the
+    :func:`mastering.loudness.measure_batch` of ``x`` when the caller has it already."""
     with torch.no_grad():
         tilt = features.spectral_tilt_db_per_octave(x)
         corr = features.correlation(x)
         width = side_to_mid_ratio_db(x)
         out = []
-        for i, report in enumerate(measure_batch(x)):
+        for i, report in enumerate(measure_batch(x) if reports is None else reports):
             d = report.to_dict()
             d.update(
                 spectral_tilt_db_oct=round(float(tilt[i]), 3),

@@ -36,7 +36,7 @@ import requests
 import soundfile as sf
 import torch
 
-from mastering.chain import Chain
+from mastering.chain import DEFAULT_ORDER, Chain
 from mastering.conditioning import GENRES, Conditioning
 from mastering.io import read_audio, write_audio
 from mastering.loudness import measure
@@ -216,15 +216,7 @@ def test_master_multipart_with_fields_and_multipart_report(served, clips):
     report = json.loads(report_json.strip())
     assert report["conditioning"]["genre"] == "jazz"
     assert report["conditioning"]["tempo_bpm"] == 92.0
-    assert set(report["parameters"]) == {
-        "eq",
-        "compressor",
-        "exciter",
-        "imager",
-        "reverb",
-        "limiter",
-        "master_out",
-    }
+    assert set(report["parameters"]) == set(DEFAULT_ORDER)
     assert report["before"]["source"]["sample_rate"] == 44_100
     head, audio_part = parts[1].split(b"\r\n\r\n", 1)
     assert b"audio/flac" in head and b"mono44.mastered.flac" in head
