@@ -41,7 +41,9 @@ from mastering.adapter_folder import GenreAdapters
 from mastering.chain import Chain, ChainState
 from mastering.conditioning import Conditioning, ConditioningBatch
 from mastering.errors import LacquerError
+from mastering.grouping import equal_length_groups
 from mastering.io import WRITE_FORMATS, quantize_tensor, read_audio, write_audio
+from mastering.loudness import measure_batch
 from mastering.render import MasterOptions, summary
 from mastering.retry import RetryPolicy
 
@@ -268,7 +270,7 @@ class StageWorker:
         ]
         timings: dict[str, float] = {}
         begun: list[tuple[list[tuple[SongSpec, Any, float]], ChainState]] = []
-        for group in _equal_length_groups(ready, lambda r: r[1][0].shape[-1]):
+        for group in equal_length_groups(ready, lambda r: r[1][0].shape[-1]):
             try:
                 begun.append((group, self._begin_group(group, timings)))
             except LacquerError:
@@ -318,12 +320,13 @@ class StageWorker:
         afters: list[dict[str, Any]] = [{}] * n
         scores: list[dict[str, float]] = [{}] * n
         with torch.no_grad():
-            for group in _equal_length_groups(list(range(n)), lambda i: batch.lengths[i]):
+            for group in equal_length_groups(list(range(n)), lambda i: batch.lengths[i]):
                 masters = out.audio[group, :, : batch.lengths[group[0]]].detach()
                 genres = [batch.songs[i].conditioning.genre for i in group]
-                for i, after, score in zip(
-                    group, summary(masters), self._score(masters, genres), strict=True
-                ):
+                loudness = measure_batch(masters)  # for the report and the score alike
+                afters_group = summary(masters, loudness)
+                scores_group = self._score(masters, genres, loudness)
+                for i, after, score in zip(group, afters_group, scores_group, strict=True):
                     afters[i], scores[i] = after, score
         self._sync()
         _add(batch.timings_s, "measure", time.perf_counter() - t_measure)
@@ -401,14 +404,16 @@ class StageWorker:
             )
         return results
 
-    def _score(self, masters: torch.Tensor, genres: list[str | None]) -> list[dict[str, float]]:
+    def _score(
+        self, masters: torch.Tensor, genres: list[str | None], loudness: list | None = None
+    ) -> list[dict[str, float]]:
         """Every master is scored (the quality loop's evaluation model, made once per worker
         with the job's loudness target and ceiling): per song ``score`` and ``score_<sub>``."""
         if self._evaluator is None:
             from mastering.evaluation import Evaluator
 
             self._evaluator = Evaluator(self.options.target_lufs, self.options.ceiling_dbtp)
-        ev = self._evaluator(masters, genres)
+        ev = self._evaluator(masters, genres, reports=loudness)
         items = [ev.item(i) for i in range(masters.shape[0])]
         return [
             {"score": e["score"], **{f"score_{k}": v for k, v in e["sub_scores"].items()}}
@@ -491,14 +496,6 @@ def _decode(spec: SongSpec, pin: bool = False) -> tuple[Any, float]:
     except LacquerError as exc:
         result = exc
     return result, time.perf_counter() - t0
-
-
-def _equal_length_groups(items: list, length) -> list[list]:
-    """``items`` grouped by ``length(item)``, in order of first appearance."""
-    groups: dict[int, list] = {}
-    for item in items:
-        groups.setdefault(int(length(item)), []).append(item)
-    return list(groups.values())
 
 
 def _to_host(t: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from mastering.chain import Chain
 from mastering.evaluation import Evaluation, Evaluator
+from mastering.grouping import equal_length_groups
 from serving.batch import SongJob, conditioning_used, run_group
 from serving.codec import measurements_batch
 
@@ -131,10 +132,7 @@ class GroupRunner:
 
 def equal_lengths(audio: list[Tensor]) -> list[list[int]]:
     """Indices of ``audio`` grouped by length (samples), first appearance first."""
-    groups: dict[int, list[int]] = {}
-    for i, a in enumerate(audio):
-        groups.setdefault(a.shape[-1], []).append(i)
-    return list(groups.values())
+    return equal_length_groups(range(len(audio)), lambda i: audio[i].shape[-1])
 
 
 def stack(audio: list[Tensor]) -> Tensor:
