@@ -63,7 +63,8 @@ def profile_batch(chain: Chain, x, cond, top: int) -> None:
                 by = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
                 key = "self_cpu_time_total"
             print(f"{name:<12} {1000 * wall:>9.1f} {kernel_ms:>10.1f} {launches:>9}")
-            details.append((name, [(e.key, getattr(e, key) / 1000, e.count) for e in by[:top]]))
+            ops = [e for e in by if e.key.startswith("aten::")][:top]  # operators, not kernels
+            details.append((name, [(e.key[6:], getattr(e, key) / 1000, e.count) for e in ops]))
         for name, rows in details:
             print(f"  {name}: " + "; ".join(f"{k} {ms:.1f} ms x{n}" for k, ms, n in rows))
     if "master_out" in chain.stages:
