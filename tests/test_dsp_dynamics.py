@@ -199,3 +199,14 @@ def test_rejects_too_short_lookahead():
     with pytest.raises(ValueError):
         limiter_geometry(10)
     assert math.isclose(limiter_geometry(144).window, 144 + 4 - 16 + 1)
+
+
+@pytest.mark.parametrize("T", [1, 4096, 4097, 50_000])
+def test_running_sum_is_a_float64_cumsum(T):
+    from mastering.dsp.dynamics import _running_sum
+
+    x = torch.rand(3, T) * 20.0
+    got = _running_sum(x)
+    want = F.pad(torch.cumsum(x.double(), -1), (1, 0))
+    assert got.dtype == torch.float64 and got.shape == (3, T + 1)
+    torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-13)

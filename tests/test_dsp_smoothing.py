@@ -295,3 +295,27 @@ def test_cuda_matches_cpu():
         lambda u, p: peak_hold_db(20 * u, 30.0),
     ):
         torch.testing.assert_close(fn(x.cuda(), a.cuda()).cpu(), fn(x, a), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [2, 8, 64])
+def test_scan_chunk_sizes_match_loops(chunk):
+    """Every chunk size (the device default is short, the CPU one long) gives the loop's
+    result, for linear and max-affine maps, with a start state."""
+    from mastering.dsp._scan import LINEAR, MAX_AFFINE, scan
+
+    a = torch.from_numpy(rng_array(30, 2, LONG))
+    b = torch.from_numpy(rng_array(31, 2, LONG) - 0.5)
+    p = torch.from_numpy(rng_array(32, 2, LONG) - 0.5)
+    y0 = torch.from_numpy(rng_array(33, 2))
+    linear = scan((a, b), y0, LINEAR, chunk=chunk)
+    expected = rows(lambda ar, br, s: loop_recurrence(ar, br, s), a.numpy(), b.numpy(), y0.numpy())
+    np.testing.assert_allclose(linear.numpy(), expected, atol=1e-12)
+    peak = scan((p, a, b), y0, MAX_AFFINE, chunk=chunk)
+    pn, an, bn = p.numpy(), a.numpy(), b.numpy()
+    want = np.empty((2, LONG))
+    for r in range(2):
+        y = float(y0[r])
+        for n in range(LONG):
+            y = max(pn[r, n], an[r, n] * y + bn[r, n])
+            want[r, n] = y
+    np.testing.assert_allclose(peak.numpy(), want, atol=1e-12)

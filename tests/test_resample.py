@@ -12,6 +12,7 @@ from mastering.dsp.resample import (
     HALF_WIDTH,
     downsample,
     group_delay,
+    interpolated_abs_peaks,
     max_abs_oversampled,
     oversample,
     oversampling_scallop_db,
@@ -156,3 +157,22 @@ def test_scallop_formula():
     assert oversampling_scallop_db(20_000, FS, 4) == pytest.approx(-0.47, abs=0.01)
     assert oversampling_scallop_db(20_000, FS, 8) == pytest.approx(-0.12, abs=0.01)
     assert oversampling_scallop_db(20_000, FS, 16) == pytest.approx(-0.03, abs=0.01)
+
+
+@pytest.mark.parametrize("factor", [1, 2, 4, 8])
+def test_interpolated_abs_peaks_equal_the_oversampled_signal(factor):
+    """Per sample, the largest |value| over the oversampled phases, as a plain one-channel
+    polyphase conv1d computes it (valid samples only)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 1000, generator=g, dtype=torch.float64)
+    H = HALF_WIDTH
+    got = interpolated_abs_peaks(x, factor)
+    assert got.shape == (2, 3, 1000 - 2 * H)
+    if factor == 1:
+        want = x[..., H:-H].abs()
+    else:
+        w = polyphase_weight(factor, dtype=torch.float64)
+        want = F.conv1d(x.reshape(6, 1, -1), w).abs().amax(1).reshape(2, 3, -1)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    # The meter's whole-signal peak is the maximum of these (on the valid part).
+    assert float(got.amax()) <= float(max_abs_oversampled(x, factor).amax()) + 1e-12

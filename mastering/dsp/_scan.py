@@ -28,8 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-#: Samples per chunk: Python steps per level vs. length of the next level.
+#: Samples per chunk on a CPU: Python steps per level vs. length of the next level.
 CHUNK = 64
+#: Samples per chunk on other devices. There every step is a kernel launch whose cost does
+#: not depend on its size, so short chunks and more levels win: a 3-minute song takes
+#: 8 levels of 8 steps (about 110 launches in all for a linear scan) instead of 4 of 64
+#: (about 280), for some 15 % more memory traffic.
+DEVICE_CHUNK = 8
 #: Chunks interleaved per tile of the working layout (see :func:`_to_blocked`).
 LANES = 64
 
@@ -107,19 +112,22 @@ def _from_blocked(t: Tensor) -> Tensor:
     return t.transpose(-1, -2).flatten(-3)
 
 
-def scan(maps: Maps, y0: Tensor, family: Family, chunk: int = CHUNK) -> Tensor:
+def scan(maps: Maps, y0: Tensor, family: Family, chunk: int | None = None) -> Tensor:
     """Solve ``y[n] = f_n(y[n-1])`` with ``y[-1] = y0``.
 
     Args:
         maps: the family's tensors, all ``[..., T]`` (same shape, ``T >= 1``).
         y0: state before the first sample, ``[...]``.
         family: :data:`LINEAR` or :data:`MAX_AFFINE`.
-        chunk: samples per chunk (``>= 2``).
+        chunk: samples per chunk (``>= 2``); ``None``: :data:`CHUNK` on a CPU,
+            :data:`DEVICE_CHUNK` elsewhere.
 
     Returns:
         ``y [..., T]``.
     """
     T = maps[0].shape[-1]
+    if chunk is None:
+        chunk = CHUNK if maps[0].device.type == "cpu" else DEVICE_CHUNK
     width = min(chunk, T)
     n_chunks = -(-T // width)
     lanes = min(LANES, n_chunks)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mastering import SAMPLE_RATE
-from mastering.dsp.resample import HALF_WIDTH, polyphase_weight
+from mastering.dsp.resample import HALF_WIDTH, interpolated_abs_peaks
 from mastering.dsp.sliding import sliding_max
 from mastering.dsp.smoothing import peak_hold_db
 
@@ -204,9 +204,10 @@ def intersample_peak(x: Tensor, factor: int = 4, half_width: int = HALF_WIDTH) -
     """Linked inter-sample peak: ``max_c max_{k<factor} |x_c(m + k/factor)|`` for every sample
     ``m`` whose interpolation context ``x[m-H .. m+H]`` lies inside ``x`` (valid part only).
 
-    The interpolation is :func:`mastering.dsp.resample.oversample`'s polyphase filter (the one
-    :func:`mastering.loudness.true_peak` meters with), so a sidechain read here agrees with the
-    meter sample for sample.
+    The interpolation is :func:`mastering.dsp.resample.oversample`'s polyphase filter, computed
+    by the same blocked filter bank :func:`mastering.loudness.true_peak` meters with
+    (:func:`mastering.dsp.resample.interpolated_abs_peaks`), so a sidechain read here agrees
+    with the meter sample for sample.
 
     Args:
         x: ``[batch, channels, T]`` with ``T > 2 H``.
@@ -214,10 +215,30 @@ def intersample_peak(x: Tensor, factor: int = 4, half_width: int = HALF_WIDTH) -
     Returns:
         ``[batch, T - 2 H]`` linear peak; entry ``i`` belongs to sample ``i + H``.
     """
-    B, C, T = x.shape
-    w = polyphase_weight(factor, half_width=half_width, dtype=x.dtype, device=x.device)
-    phases = F.conv1d(x.reshape(B * C, 1, T), w)  # [B*C, factor, T - 2H]
-    return phases.abs().amax(dim=1).reshape(B, C, -1).amax(dim=1)
+    return interpolated_abs_peaks(x, factor, half_width=half_width).amax(dim=1)
+
+
+#: Samples per row of :func:`_running_sum` (rows are summed in parallel).
+_SUM_ROW = 4096
+
+
+def _running_sum(x: Tensor) -> Tensor:
+    """Float64 ``cumsum`` along the last dim with a leading zero: ``[..., T]`` -> ``[..., T+1]``.
+
+    Computed row-parallel: the signal is cut into rows of :data:`_SUM_ROW` samples, each row
+    is summed on its own and the rows' totals are carried by a second, short ``cumsum``. A
+    GPU scans one row per thread block, so a single long row (a song) would leave it idle.
+    """
+    T = x.shape[-1]
+    x = x.to(torch.float64)
+    if T <= _SUM_ROW:
+        return F.pad(torch.cumsum(x, dim=-1), (1, 0))
+    rows = -(-T // _SUM_ROW)
+    blocks = F.pad(x, (0, rows * _SUM_ROW - T)).unflatten(-1, (rows, _SUM_ROW))
+    local = torch.cumsum(blocks, dim=-1)
+    carried = torch.cumsum(local[..., -1], dim=-1) - local[..., -1]  # sum before each row
+    total = (local + carried.unsqueeze(-1)).flatten(-2)[..., :T]
+    return F.pad(total, (1, 0))
 
 
 def _moving_average(h: Tensor, previous: Tensor, length: int) -> tuple[Tensor, Tensor]:
@@ -229,7 +250,7 @@ def _moving_average(h: Tensor, previous: Tensor, length: int) -> tuple[Tensor, T
     ext = torch.cat([previous, h], dim=-1)
     if length == 1:
         return h, previous
-    c = F.pad(torch.cumsum(ext.to(torch.float64), dim=-1), (1, 0))
+    c = _running_sum(ext)
     mean = (c[..., length:] - c[..., :-length]) / length
     return mean.to(h.dtype), ext[..., ext.shape[-1] - (length - 1) :]
 

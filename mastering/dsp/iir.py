@@ -34,56 +34,66 @@ _DIRECT_STEPS = 16
 def sos_to_statespace(sos: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """State-space form of a cascade of second-order sections.
 
+    Section ``i`` (transposed direct form II, states ``s_i = (s_i0, s_i1)``) filters
+    ``u_i``, the output of the sections before it: ``y_i = s_i0 + b0_i u_i``,
+    ``s_i0' = -a1_i s_i0 + s_i1 + (b1_i - a1_i b0_i) u_i``,
+    ``s_i1' = -a2_i s_i0 + (b2_i - a2_i b0_i) u_i``. Unrolled,
+    ``u_i = sum_{j<i} W[i, j] s_j0 + P[i] x`` with ``P[i] = prod_{k<i} b0_k`` and
+    ``W[i, j] = prod_{j<k<i} b0_k``; all sections are built at once from those products (a
+    fixed number of tensor operations whatever the number of sections, which matters on a
+    GPU, where each operation is a kernel launch).
+
     Args:
         sos: ``[..., n_sections, 6]`` rows ``b0, b1, b2, a0, a1, a2`` (scipy's layout);
             rows are normalized by ``a0`` here.
 
     Returns:
         ``A [..., N, N]``, ``B [..., N]``, ``C [..., N]``, ``D [...]`` with ``N = 2 * n_sections``,
-        for ``s[n+1] = A s[n] + B x[n]``, ``y[n] = C . s[n] + D x[n]`` (transposed direct form II
-        per section, sections in series).
+        for ``s[n+1] = A s[n] + B x[n]``, ``y[n] = C . s[n] + D x[n]`` (sections in series).
     """
     sos = sos / sos[..., 3:4]
-    b0, b1, b2, _, a1, a2 = sos.unbind(-1)
-    n_sections = sos.shape[-2]
+    b0, b1, b2, _, a1, a2 = sos.unbind(-1)  # each [..., S]
+    S = sos.shape[-2]
     batch = sos.shape[:-2]
-    n = 2 * n_sections
-    A = sos.new_zeros(*batch, n, n)
-    B = sos.new_zeros(*batch, n)
-    C = sos.new_zeros(*batch, n)
-    D = sos.new_ones(batch)
-    for i in range(n_sections):
-        # Section i: y_i = s_i0 + b0 u_i ; s_i0' = -a1 s_i0 + s_i1 + (b1 - a1 b0) u_i ;
-        # s_i1' = -a2 s_i0 + (b2 - a2 b0) u_i, with u_i = C . s + D x the output of the
-        # sections before it.
-        r = 2 * i
-        bu0 = b1[..., i] - a1[..., i] * b0[..., i]
-        bu1 = b2[..., i] - a2[..., i] * b0[..., i]
-        A[..., r, r] = -a1[..., i]
-        A[..., r, r + 1] = 1.0
-        A[..., r + 1, r] = -a2[..., i]
-        A[..., r, :] = A[..., r, :] + bu0.unsqueeze(-1) * C
-        A[..., r + 1, :] = A[..., r + 1, :] + bu1.unsqueeze(-1) * C
-        B[..., r] = bu0 * D
-        B[..., r + 1] = bu1 * D
-        C = C * b0[..., i].unsqueeze(-1)
-        C[..., r] = C[..., r] + 1.0
-        D = D * b0[..., i]
-    return A, B, C, D
+    # W[i, j] = prod over k of (b0_k if j < k < i else 1), for i in 0..S (row S = the output).
+    k = torch.arange(S, device=sos.device)
+    i = torch.arange(S + 1, device=sos.device).view(-1, 1, 1)
+    inside = (k.view(1, 1, -1) > k.view(1, -1, 1)) & (k.view(1, 1, -1) < i)  # [S+1, S, S]
+    factors = torch.where(inside, b0[..., None, None, :], b0.new_ones(()))
+    W = factors.prod(-1) * (k.view(1, -1) < i.view(-1, 1)).to(sos.dtype)  # [..., S+1, S]
+    ones = torch.ones_like(b0[..., :1])
+    P = torch.cat([ones, torch.cumprod(b0, -1)], dim=-1)  # [..., S+1]
+    # Coefficients of u_i on the full state: s_j0 -> W[i, j], s_j1 -> 0.
+    Crow = torch.stack([W, torch.zeros_like(W)], dim=-1).flatten(-2)  # [..., S+1, 2S]
+    bu = torch.stack([b1 - a1 * b0, b2 - a2 * b0], dim=-1)  # [..., S, 2]
+    local = torch.zeros(*batch, S, 2, 2 * S, dtype=sos.dtype, device=sos.device)
+    col = 2 * k
+    rows = torch.arange(S, device=sos.device)
+    local[..., rows, 0, col] = -a1
+    local[..., rows, 0, col + 1] = 1.0
+    local[..., rows, 1, col] = -a2
+    A = (local + bu.unsqueeze(-1) * Crow[..., :S, None, :]).flatten(-3, -2)  # [..., 2S, 2S]
+    B = (bu * P[..., :S, None]).flatten(-2)
+    return A, B, Crow[..., S, :], P[..., S]
 
 
 def _matrix_powers(M: Tensor, count: int, dtype: torch.dtype) -> Tensor:
     """``[M^0, M^1, ..., M^(count-1)]`` stacked on dim -3: ``[..., count, N, N]``.
 
     Computed in float64 (repeated products in float32 lose digits for poles near the unit
-    circle, e.g. a 38 Hz high-pass) and returned in ``dtype``.
+    circle, e.g. a 38 Hz high-pass) by doubling: with ``[M^0 .. M^(k-1)]`` known, one batched
+    product by ``M^k`` gives ``[M^k .. M^(2k-1)]``, so ``count`` powers take
+    ``log2(count)`` rounds of three operations rather than ``count`` products (on a GPU each
+    operation is a kernel launch). Returned in ``dtype``.
     """
     M = M.to(torch.float64)
     eye = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device).expand_as(M)
-    powers = [eye]
-    for _ in range(count - 1):
-        powers.append(powers[-1] @ M)
-    return torch.stack(powers, dim=-3).to(dtype)
+    powers = torch.stack([eye, M], dim=-3)
+    while powers.shape[-3] < count:
+        k = powers.shape[-3]
+        step = powers[..., k - 1, :, :] @ M  # M^k
+        powers = torch.cat([powers, powers @ step.unsqueeze(-3)], dim=-3)
+    return powers[..., :count, :, :].to(dtype)
 
 
 def linear_recurrence(u: Tensor, M: Tensor, s0: Tensor | None = None) -> tuple[Tensor, Tensor]:
