@@ -193,3 +193,22 @@ def test_batched_search_equals_one_song_at_a_time():
         )
         assert status[b]["status"] == one[0]["status"]
         assert status[b]["iterations"] == one[0]["iterations"]
+
+
+def test_the_search_rendering_is_reused_only_for_its_own_input_and_parameters(corpus):
+    """run_aligned hands back the search's best rendering (no extra limiter pass) for the
+    input and parameters the search found; it equals a fresh rendering. A different input
+    object or an overridden gain renders anew."""
+    mo = MasterOut(target_lufs=-12.0)
+    x = corpus[:3]
+    with torch.no_grad():
+        params = mo.predict(x, _ctx(3))
+        reused = mo.rendered(x, params)
+        assert reused is not None and mo.rendered(x, params) is None  # handed out once
+        lat = mo.latency(params)
+        fresh = mo.process(torch.nn.functional.pad(x, (0, lat)), params)[0][..., lat:]
+        torch.testing.assert_close(reused, fresh, atol=2e-6, rtol=0)
+        mo.predict(x, _ctx(3))
+        assert mo.rendered(x.clone(), params) is None
+        louder = mo.predict(x, _ctx(3), {"gain_db": 3.0})
+        assert mo.rendered(x, louder) is None

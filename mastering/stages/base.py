@@ -117,6 +117,12 @@ class Stage(nn.Module):
         """Algorithmic delay of :meth:`process` in samples (look-ahead)."""
         return 0
 
+    def rendered(self, x: Tensor, params: Params) -> Tensor | None:
+        """The latency-compensated output for ``x`` and ``params`` if the controller already
+        rendered it while predicting (master out's loudness search does), else ``None``.
+        :func:`mastering.chain.run_aligned` asks before processing."""
+        return None
+
     def forward(
         self, x: Tensor, ctx: StageContext, overrides: Mapping[str, Any] | None = None
     ) -> tuple[Tensor, Params]:

@@ -127,6 +127,8 @@ class MasterOut(Stage):
         self.true_peak_oversample = int(true_peak_oversample)
         self.max_iterations = int(max_iterations)
         self._last: tuple[Tensor, list[dict[str, Any]]] | None = None
+        # The input the last search ran on and its best rendering (see :meth:`rendered`).
+        self._rendering: tuple[Tensor, Tensor, Tensor] | None = None
 
     def configure(
         self,
@@ -144,9 +146,32 @@ class MasterOut(Stage):
 
     # -- controller -------------------------------------------------------------------------
     def prior(self, x: Tensor, ctx: StageContext) -> Params:
-        params, status = self.solve(x)
+        self._rendering = None
+        params, status, output = self._solve(x)
         self._last = (params["gain_db"].detach().clone(), status)
+        if output is not None:
+            found = torch.cat([params["gain_db"], params["limit_ceiling_dbtp"]], -1)
+            self._rendering = (x, found, output)
         return params
+
+    def rendered(self, x: Tensor, params: Params) -> Tensor | None:
+        """The search's own best rendering, when ``x`` is the input :meth:`prior` just searched
+        and ``params`` still hold its gain and ceiling (within 1e-4 dB: the parameter mapping
+        rounds) and no gradient is wanted; else ``None`` (then :meth:`process` renders). Saves
+        the final limiter pass: the output is the very signal the search measured."""
+        if self._rendering is None:
+            return None
+        source, found, output = self._rendering
+        self._rendering = None
+        given = torch.cat([params["gain_db"], params["limit_ceiling_dbtp"]], -1)
+        wants_grad = torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in params.values())
+        )
+        if wants_grad or x is not source or given.shape != found.shape:
+            return None
+        if float((given.detach() - found).abs().max()) > 1e-4:
+            return None
+        return output
 
     def report(self, params: Params) -> list[dict[str, Any]]:
         """Per-song status of the last :meth:`prior` (``status``: ``"reached"``,
@@ -174,7 +199,6 @@ class MasterOut(Stage):
             raise RuntimeError("master_out has not analysed any audio yet")
         return [dict(s) for s in self._last[1]]
 
-    @torch.no_grad()
     def solve(self, x: Tensor) -> tuple[Params, list[dict[str, Any]]]:
         """Find each song's gain and limiter ceiling (see the module docstring).
 
@@ -189,6 +213,13 @@ class MasterOut(Stage):
         Returns:
             ``({"gain_db": [batch, 1], "limit_ceiling_dbtp": [batch, 1]}, per-song status)``.
         """
+        params, status, _ = self._solve(x)
+        return params, status
+
+    @torch.no_grad()
+    def _solve(self, x: Tensor) -> tuple[Params, list[dict[str, Any]], Tensor | None]:
+        """:meth:`solve`, plus the search's best renderings ``[batch, 2, T]`` (``None`` when a
+        song had none: silence, or no samples)."""
         x = x.detach()
         refs = self._references(x)
         searches = [self._solve_song(ref) for ref in refs]
@@ -200,6 +231,7 @@ class MasterOut(Stage):
                 "limit_ceiling_dbtp": torch.tensor([r[1] for r in results], **t).unsqueeze(-1),
             },
             [r[2] for r in results],
+            torch.cat([r[3] for r in results]) if all(r[3] is not None for r in results) else None,
         )
 
     # -- measurements, batched ----------------------------------------------------------------
@@ -304,7 +336,9 @@ class MasterOut(Stage):
 
     def _solve_song(
         self, ref: _Reference | None
-    ) -> Generator[Any, Any, tuple[float, float, dict[str, Any]]]:
+    ) -> Generator[Any, Any, tuple[float, float, dict[str, Any], Tensor | None]]:
+        """One song's search: yields requests, returns ``(gain dB, limiter ceiling dBTP,
+        status, best rendering [1, 2, T] or None)``."""
         target, ceiling = self.target_lufs, self.ceiling_dbtp
         base: dict[str, Any] = {
             "target_lufs": target,
@@ -326,6 +360,7 @@ class MasterOut(Stage):
                     "limiting_db": 0.0,
                     "iterations": 0,
                 },
+                None,
             )
         loud_in = ref.loudness
         gain = min(max(target - loud_in, -69.0), 69.0)
@@ -385,6 +420,7 @@ class MasterOut(Stage):
                 "limiting_db": best.limiting,
                 "iterations": len(evals),
             },
+            best.output,
         )
 
     # -- DSP --------------------------------------------------------------------------------
