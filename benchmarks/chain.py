@@ -1,6 +1,7 @@
 """Full-chain speed: Lacquer vs a comparable pedalboard chain and matchering, same song, same run.
 
     .venv/bin/python benchmarks/chain.py [--seconds 180] [--gpu-batches 1,8,32] [--skip-peers]
+        [--skip-cpu]
 
 CPU rows use one thread (``torch.set_num_threads(1)``); pedalboard runs its chain (3 EQ bands,
 compressor, reverb, distortion, gain, limiter) on the same 3-minute stereo 48 kHz song;
@@ -94,6 +95,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=180.0)
     ap.add_argument("--gpu-batches", default="1,8,32")
     ap.add_argument("--skip-peers", action="store_true")
+    ap.add_argument("--skip-cpu", action="store_true", help="GPU rows only (implies --skip-peers)")
     args = ap.parse_args()
 
     torch.set_num_threads(1)
@@ -102,10 +104,11 @@ def main() -> None:
     cond = Conditioning(genre="pop", tempo_bpm=120.0, energy=0.6, vocal_ratio=0.3)
     chain = Chain.pretrained().eval()
     rows = []
-    with torch.no_grad():
-        t_ours = timed(lambda: chain(x, cond))
-    rows.append(("lacquer chain", "cpu x1", 1, t_ours))
-    if not args.skip_peers:
+    if not args.skip_cpu:
+        with torch.no_grad():
+            t_ours = timed(lambda: chain(x, cond))
+        rows.append(("lacquer chain", "cpu x1", 1, t_ours))
+    if not (args.skip_peers or args.skip_cpu):
         board = pedalboard_chain()
         audio = song.numpy()
         t_pb = timed(lambda: board(audio, SR))

@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -215,18 +215,26 @@ def _fir_bank(x: Tensor, weight: Tensor, n_filters: int, stride: int, n_out: int
     Returns:
         ``[N, n_filters, n_out]``.
     """
-    N, T = x.shape
+    N = x.shape[0]
     P = weight.shape[0] // n_filters
+    y = _fir_bank_blocked(x, weight, n_out)  # [N, F*P, R]
+    R = y.shape[-1]
+    y = y.reshape(N, n_filters, P, R).transpose(2, 3).reshape(N, n_filters, R * P)
+    return y[..., :n_out]
+
+
+def _fir_bank_blocked(x: Tensor, weight: Tensor, n_out: int) -> Tensor:
+    """The convolution of :func:`_fir_bank` before its output is put in time order:
+    ``[N, F * P, R]`` with ``R = ceil(n_out / P)`` blocks of ``P`` outputs per filter."""
+    N, T = x.shape
     D = weight.shape[1]
     K2 = weight.shape[2]
-    R = -(-n_out // P)
+    R = -(-n_out // _BLOCK)
     need = (R + K2 - 1) * D
     x = F.pad(x, (0, need - T)) if need > T else x[:, :need]
     xb = x.reshape(N, R + K2 - 1, D).transpose(1, 2)  # [N, D, R+K2-1]: xb[p, r] = x[r D + p]
     with full_fp32_precision(x.device):
-        y = F.conv1d(xb, weight)  # [N, F*P, R]
-    y = y.reshape(N, n_filters, P, R).transpose(2, 3).reshape(N, n_filters, R * P)
-    return y[..., :n_out]
+        return F.conv1d(xb, weight)  # [N, F*P, R]
 
 
 def oversample(
@@ -297,6 +305,71 @@ def downsample(
     left = c if compensate_delay else 2 * c
     y = _fir_bank(F.pad(x.reshape(-1, L), (left, c)), w, 1, factor, n_out)
     return y.reshape(*lead, n_out)
+
+
+@functools.lru_cache(maxsize=64)
+def _interleaved_up_weight(factor: int, half_width: int, stopband_db: float) -> Tensor:
+    """The ``"up"`` blocked weight with its output channels reordered from (phase, position)
+    to (position, phase): channel ``p * factor + f`` of block ``r`` is then high-rate sample
+    ``r * P * factor + p * factor + f``, the input layout of the ``"down"`` filter bank."""
+    w = _blocked_weight("up", factor, half_width, stopband_db)  # [F * P, P, K2]
+    n_in, k2 = w.shape[1], w.shape[2]
+    return w.reshape(factor, _BLOCK, n_in, k2).transpose(0, 1).reshape(-1, n_in, k2)
+
+
+def oversampled_apply(
+    x: Tensor,
+    fn: Callable[[Tensor], Tensor],
+    factor: int,
+    *,
+    half_width: int = HALF_WIDTH,
+    stopband_db: float = STOPBAND_DB,
+) -> Tensor:
+    """``downsample(fn(oversample(x, factor)), factor)`` for a memoryless ``fn``, without the
+    high-rate signal ever being reordered into time order.
+
+    The oversampler's filter bank writes the high-rate samples in blocks already laid out as
+    the decimator's filter bank reads them, so the round trip is two convolutions with ``fn``
+    between them (an oversampled nonlinearity: a saturator, a clipper): no transposes or
+    paddings of the high-rate signal, which is ``factor`` times the input's size and
+    dominates the memory traffic.
+
+    ``fn`` receives ``[..., L]`` (the leading dims of ``x``; ``L >= factor * T``) whose last
+    dim holds high-rate samples in an unspecified order, so it must act sample by sample
+    (per-row parameters broadcast as ``[..., 1]``).
+
+    The result equals the composition except in the first and last ``half_width`` samples:
+    there the composition's decimator reads zeros beyond the high-rate signal's ends, this one
+    reads ``fn`` of the interpolated zero-padded input (a gentler edge). A caller that works
+    in chunks with history (:mod:`mastering.dsp.chunking`) discards those samples anyway.
+
+    Args:
+        x: ``[..., T]`` at rate ``fs``.
+        fn: the operation at rate ``factor * fs``.
+
+    Returns:
+        ``[..., T]`` at rate ``fs``.
+    """
+    factor = int(factor)
+    _check(factor, half_width)
+    lead, T = x.shape[:-1], x.shape[-1]
+    if factor == 1 or T == 0:
+        return fn(x.reshape(*lead, T)) if T else x
+    down = _blocked_weight("down", factor, int(half_width), float(stopband_db))
+    up = _interleaved_up_weight(factor, int(half_width), float(stopband_db))
+    down = down.to(device=x.device, dtype=x.dtype)
+    up = up.to(device=x.device, dtype=x.dtype)
+    P, K2 = down.shape[0], down.shape[2]
+    R = -(-T // P)  # output blocks
+    # The decimator reads high-rate samples from -factor*half_width on, i.e. low-rate
+    # positions from -half_width: start the interpolation there (half_width more zeros).
+    flat = F.pad(x.reshape(-1, T), (2 * half_width, half_width))
+    hi = _fir_bank_blocked(flat, up, (R + K2 - 1) * P)  # [N, D, R + K2 - 1]
+    shaped = fn(hi.reshape(*lead, -1)).reshape(hi.shape)
+    with full_fp32_precision(x.device):
+        y = F.conv1d(shaped, down)  # [N, P, R]
+    y = y.transpose(1, 2).reshape(-1, R * P)[:, :T]
+    return y.reshape(*lead, T)
 
 
 def max_abs_oversampled(

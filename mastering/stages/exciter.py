@@ -58,7 +58,7 @@ from mastering.conditioning import ConditioningEncoder
 from mastering.dsp.chunking import apply_chunked
 from mastering.dsp.crossover import crossover_band_sos, linkwitz_riley_sos
 from mastering.dsp.iir import sosfilt
-from mastering.dsp.resample import HALF_WIDTH, downsample, oversample
+from mastering.dsp.resample import HALF_WIDTH, oversampled_apply
 from mastering.features import (
     band_centers,
     mid_side_band_spectrum_db,
@@ -100,11 +100,24 @@ EXCITER_SPECS: tuple[ParamSpec, ...] = (
 )  # fmt: skip
 
 
-def _shaper(u: Tensor) -> Tensor:
-    """Nonlinear part of the asymmetric tanh: ``tanh(u+b) - tanh(b) - sech^2(b) u``."""
+def _excite(u: Tensor, drive: Tensor) -> Tensor:
+    """The harmonics the asymmetric tanh generates from ``u`` driven by ``d``, scaled back:
+    ``s(d u) / d`` with ``s(v) = tanh(v + b) - tanh(b) - sech^2(b) v`` (the shaper minus its
+    linear part), computed as ``(tanh(d u + b) - tanh(b)) / d - sech^2(b) u`` in four passes
+    over ``u`` (it runs at the oversampled rate, where memory traffic is the cost).
+    ``drive`` broadcasts against ``u`` (``[..., 1]``). Autograd-safe (no in-place operation
+    overwrites a tensor that a backward needs)."""
     b = SHAPER_BIAS
     slope = 1.0 - math.tanh(b) ** 2
-    return torch.tanh(u + b) - math.tanh(b) - slope * u
+    inv = 1.0 / drive
+    t = torch.addcmul(u.new_tensor(b), drive, u).tanh_()
+    return torch.addcmul(-math.tanh(b) * inv, t, inv).sub_(u, alpha=slope)
+
+
+def _tape(u: Tensor, tape: Tensor, k: Tensor) -> Tensor:
+    """Change made by the tape soft clip, ``tape * (tanh(k u) / k - u)``; ``tape`` and ``k``
+    broadcast against ``u`` (``[..., 1]``)."""
+    return torch.addcmul(-tape * u, torch.tanh(k * u), tape / k)
 
 
 def _bypassable(amount: Tensor) -> bool:
@@ -232,17 +245,13 @@ class Exciter(Stage):
         use_lofi = not _bypassable(params["lofi"])
 
         def op(buf: Tensor) -> Tensor:
-            hi = oversample(buf if use_tape else buf[:, :, 1:], M)
-            bnd = hi[:, :, 1:] if use_tape else hi
-            wet = _shaper(drive * bnd) / drive
-            if not use_tape:
-                return torch.cat([buf[:, :, :1], downsample(wet, M)], dim=2)
-            full = hi[:, :, :1]
-            clip = tape.unsqueeze(-1) * (
-                torch.tanh(k_tape.unsqueeze(-1) * full) / k_tape.unsqueeze(-1) - full
-            )
-            gen = downsample(torch.cat([clip, wet], dim=2), M)
-            return torch.cat([buf[:, :, :1] + gen[:, :, :1], gen[:, :, 1:]], dim=2)
+            # Each oversampled nonlinearity is one blocked round trip (resample.oversampled_apply).
+            wet = oversampled_apply(buf[:, :, 1:], lambda u: _excite(u, drive), M)
+            full = buf[:, :, :1]
+            if use_tape:
+                t, k = tape.unsqueeze(-1), k_tape.unsqueeze(-1)
+                full = full + oversampled_apply(full, lambda u: _tape(u, t, k), M)
+            return torch.cat([full, wet], dim=2)
 
         out, hist = apply_chunked(
             stacked, state.get("history"), op, past=LATENCY, lookahead=LATENCY
