@@ -210,3 +210,28 @@ def test_running_sum_is_a_float64_cumsum(T):
     want = F.pad(torch.cumsum(x.double(), -1), (1, 0))
     assert got.dtype == torch.float64 and got.shape == (3, T + 1)
     torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-13)
+
+
+def test_renders_at_several_gains_share_the_sidechain_scans():
+    """A chunk rendered at several gains and ceilings (master out's search) shifts scans made
+    once; the result equals scanning each shifted sidechain anew (a per-song tensor release
+    takes that path), and a subset of songs keeps the cached scans."""
+    from mastering.dsp.dynamics import limit, limiter_chunk
+
+    x = torch.stack([music_like(1.0, seed=s) for s in (1, 2, 3)]).float() * 0.9
+    d = 144
+    shared = limiter_chunk(F.pad(x, (0, d)), d)
+    for gain, ceiling in ((0.0, -1.0), (6.0, -1.0), (12.0, -3.0)):
+        g = torch.full((3,), gain)
+        c = torch.full((3,), ceiling)
+        fresh = limiter_chunk(F.pad(x, (0, d)), d)
+        y1, r1, s1 = limit(shared, c, 100.0, g)
+        y2, r2, s2 = limit(fresh, c, torch.full((3,), 100.0), g)
+        torch.testing.assert_close(r1, r2, atol=1e-4, rtol=0)
+        torch.testing.assert_close(y1, y2, atol=1e-5, rtol=0)
+        torch.testing.assert_close(s1["release"], s2["release"], atol=1e-4, rtol=0)
+    sub = shared.rows([2, 0])
+    assert sub is not shared and shared.rows([0, 1, 2]) is shared
+    y_sub, _, _ = limit(sub, torch.full((2,), -1.0), 100.0, torch.full((2,), 6.0))
+    y_all, _, _ = limit(shared, torch.full((3,), -1.0), 100.0, torch.full((3,), 6.0))
+    torch.testing.assert_close(y_sub, y_all[[2, 0]], atol=1e-6, rtol=0)

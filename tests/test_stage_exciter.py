@@ -239,7 +239,8 @@ def test_gradients_reach_audio_and_conditioning(encoder):
 
 def test_fused_shaper_equals_the_formula_with_gradients():
     """_excite is s(d u) / d, s(v) = tanh(v + b) - tanh(b) - sech^2(b) v, values and
-    gradients (w.r.t. the signal and the drive), per-row drives broadcast."""
+    gradients (w.r.t. the signal and the drive), per-row drives broadcast; silence maps to
+    exact silence."""
     from mastering.stages.exciter import SHAPER_BIAS, _excite
 
     b = SHAPER_BIAS
@@ -251,6 +252,8 @@ def test_fused_shaper_equals_the_formula_with_gradients():
         return (torch.tanh(v + b) - math.tanh(b) - (1 - math.tanh(b) ** 2) * v) / d
 
     torch.testing.assert_close(_excite(u, d), reference(u, d), atol=1e-14, rtol=0)
+    silence = torch.zeros(2, 3, 64)
+    assert torch.equal(_excite(silence, d.float()), silence)  # exactly, in float32 too
     ga = torch.autograd.grad(_excite(u, d).square().sum(), (u, d))
     gb = torch.autograd.grad(reference(u, d).square().sum(), (u, d))
     for a, r in zip(ga, gb, strict=True):

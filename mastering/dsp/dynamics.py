@@ -259,6 +259,11 @@ def _moving_average(h: Tensor, previous: Tensor, length: int) -> tuple[Tensor, T
 class LimiterChunk:
     """A chunk made ready for :func:`limit`: the input with its history and its sidechain.
 
+    Everything here is independent of the gain and the ceiling, which only shift the
+    sidechain: ``max(peak + c, 0)`` commutes with the sliding maximum, and with the release
+    from rest (``peak_hold(max(s + c, 0)) = max(peak_hold(s) + c, 0)``), so a caller that
+    renders one chunk at several gains (master out's search) pays for those scans once.
+
     Attributes:
         ext: ``[batch, channels, history + N]`` the previous ``history`` input samples and the
             chunk (un-gained).
@@ -266,12 +271,44 @@ class LimiterChunk:
             chunk's output depends on.
         geometry: the windows.
         state: the incoming state (``None`` at the start).
+        held_db: ``[batch, N]`` the sliding maximum of ``peak_db`` over ``window``.
     """
 
     ext: Tensor
     peak_db: Tensor
     geometry: LimiterGeometry
     state: dict[str, Tensor] | None
+    held_db: Tensor | None = None
+    _released: dict[float, Tensor] | None = None
+
+    def held(self) -> Tensor:
+        """:attr:`held_db`, computed on first use."""
+        if self.held_db is None:
+            w = self.geometry.window
+            self.held_db = sliding_max(self.peak_db, w, "causal")[..., w - 1 :]
+        return self.held_db
+
+    def released_from_rest(self, release_ms: float, sample_rate: float) -> Tensor:
+        """``peak_hold_db(held)`` with no history, ``[batch, N]`` dB, cached per release."""
+        if self._released is None:
+            self._released = {}
+        key = float(release_ms)
+        if key not in self._released:
+            self._released[key] = peak_hold_db(self.held(), key, sample_rate)
+        return self._released[key]
+
+    def rows(self, rows: list[int]) -> LimiterChunk:
+        """The chunk of the songs ``rows`` (itself when that is every song in order)."""
+        if rows == list(range(self.ext.shape[0])):
+            return self
+        index = torch.tensor(rows, device=self.ext.device)
+        released = None
+        if self._released is not None:
+            released = {k: v[index] for k, v in self._released.items()}
+        held = None if self.held_db is None else self.held_db[index]
+        return LimiterChunk(
+            self.ext[index], self.peak_db[index], self.geometry, None, held, released
+        )
 
 
 def limiter_chunk(
@@ -313,12 +350,18 @@ def limit(
     }
     gain = torch.as_tensor(gain_db, **like).reshape(-1, 1)
     ceiling = torch.as_tensor(ceiling_db, **like).reshape(-1, 1)
-    required = (chunk.peak_db + gain - ceiling).clamp(min=0.0)
-    held = sliding_max(required, geo.window, "causal")[..., geo.window - 1 :]  # [B, N]
-    release = torch.as_tensor(release_ms, **like).reshape(-1).expand(B)
-    released, rel_state = peak_hold_db(
-        held, release, sample_rate, state["release"], return_state=True
-    )
+    if chunk.state is None and isinstance(release_ms, int | float):
+        # From rest at one release time: shift the scans done once (see LimiterChunk).
+        released = (chunk.released_from_rest(release_ms, sample_rate) + gain - ceiling).clamp(
+            min=0.0
+        )
+        rel_state = released[..., -1:] if N else state["release"]
+    else:
+        held = (chunk.held() + gain - ceiling).clamp(min=0.0)  # [B, N]
+        release = torch.as_tensor(release_ms, **like).reshape(-1).expand(B)
+        released, rel_state = peak_hold_db(
+            held, release, sample_rate, state["release"], return_state=True
+        )
     reduction, avg_state = _moving_average(released, state["average"], geo.average)
     start = geo.history - geo.lookahead
     y = apply_gain_db(ext[..., start : start + N], gain - reduction)

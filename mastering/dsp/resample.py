@@ -408,8 +408,7 @@ def max_abs_oversampled(
     for start in range(0, T, chunk):
         stop = min(start + chunk, T)
         seg = padded[:, start : stop + 2 * half_width]
-        m = _fir_bank(seg, w, factor - 1, 1, stop - start).abs().amax(dim=(-2, -1))
-        peak = torch.maximum(peak, m)
+        peak = torch.maximum(peak, _phase_peaks(seg, w, factor - 1, stop - start).amax(-1))
     return peak.reshape(lead)
 
 
@@ -444,8 +443,18 @@ def interpolated_abs_peaks(
         return centre.reshape(*lead, n_out)
     w = _blocked_weight("peak", factor, int(half_width), float(stopband_db))
     w = w.to(device=x.device, dtype=x.dtype)
-    others = _fir_bank(flat, w, factor - 1, 1, n_out).abs().amax(dim=-2)
+    others = _phase_peaks(flat, w, factor - 1, n_out)
     return torch.maximum(centre, others).reshape(*lead, n_out)
+
+
+def _phase_peaks(x: Tensor, weight: Tensor, n_filters: int, n_out: int) -> Tensor:
+    """``max_f |_fir_bank(x, weight, n_filters, 1, n_out)[:, f, n]|`` ``[N, n_out]``: the
+    maximum over the filters is taken in the blocked layout, so only ``1 / n_filters`` of the
+    filter bank's output is put back in time order."""
+    y = _fir_bank_blocked(x, weight, n_out)  # [N, F * P, R]
+    N, R = y.shape[0], y.shape[-1]
+    m = y.reshape(N, n_filters, _BLOCK, R).abs().amax(1)  # [N, P, R]
+    return m.transpose(1, 2).reshape(N, R * _BLOCK)[:, :n_out]
 
 
 def oversampling_scallop_db(frequency_hz: float, sample_rate: float, factor: int) -> float:

@@ -103,15 +103,18 @@ EXCITER_SPECS: tuple[ParamSpec, ...] = (
 def _excite(u: Tensor, drive: Tensor) -> Tensor:
     """The harmonics the asymmetric tanh generates from ``u`` driven by ``d``, scaled back:
     ``s(d u) / d`` with ``s(v) = tanh(v + b) - tanh(b) - sech^2(b) v`` (the shaper minus its
-    linear part), computed as ``(tanh(d u + b) - tanh(b)) / d - sech^2(b) u`` in four passes
-    over ``u`` (it runs at the oversampled rate, where memory traffic is the cost).
-    ``drive`` broadcasts against ``u`` (``[..., 1]``). Autograd-safe (no in-place operation
-    overwrites a tensor that a backward needs)."""
-    b = SHAPER_BIAS
-    slope = 1.0 - math.tanh(b) ** 2
-    inv = 1.0 / drive
-    t = torch.addcmul(u.new_tensor(b), drive, u).tanh_()
-    return torch.addcmul(-math.tanh(b) * inv, t, inv).sub_(u, alpha=slope)
+    linear part). By the tanh addition formula
+    ``tanh(v + b) - tanh(b) = sech^2(b) tanh(v) / (1 + tanh(b) tanh(v))``, so with
+    ``t = tanh(d u)``: ``s(d u) / d = sech^2(b) (t / (d (1 + tanh(b) t)) - u)``. Five passes
+    over ``u`` (it runs at the oversampled rate, where memory traffic is the cost), and
+    exactly 0 for ``u = 0``: digital silence stays silent. ``drive`` broadcasts against ``u``
+    (``[..., 1]``). Autograd-safe (no in-place operation overwrites a tensor a backward
+    needs)."""
+    tb = math.tanh(SHAPER_BIAS)
+    sech2 = 1.0 - tb**2
+    t = torch.mul(u, drive).tanh_()
+    den = torch.addcmul(drive / sech2, t, drive * (tb / sech2))  # d (1 + tanh(b) t) / sech^2
+    return torch.div(t, den).sub_(u, alpha=sech2)
 
 
 def _tape(u: Tensor, tape: Tensor, k: Tensor) -> Tensor:
@@ -162,6 +165,16 @@ class Exciter(Stage):
         self.head = MLPHead(n_in, sum(s.size for s in EXCITER_SPECS), hidden=64, n_hidden=3)
 
     # -- controller ------------------------------------------------------------------------
+    def _features(self, x: Tensor, ctx: StageContext) -> dict[str, Tensor]:
+        """:meth:`analyze`, computed once for the prior and the residual of one prediction
+        (the same input and conditioning objects); :meth:`process` drops it."""
+        cached = self.__dict__.get("_analyzed")
+        if cached is not None and cached[0] is x and cached[1] is ctx.cond:
+            return cached[2]
+        feats = self.analyze(x, ctx)
+        self.__dict__["_analyzed"] = (x, ctx.cond, feats)
+        return feats
+
     def analyze(self, x: Tensor, ctx: StageContext) -> dict[str, Tensor]:
         """Features of ``x [batch, 2, n]``: ``shape`` (mid spectrum shape, dB ``[batch, 40]``),
         ``band_db`` (long-term RMS of the three bands, dBFS ``[batch, 3]``) and ``deficit``
@@ -186,7 +199,7 @@ class Exciter(Stage):
         return {"shape": shape, "band_db": band_db, "deficit": deficit}
 
     def prior(self, x: Tensor, ctx: StageContext) -> Params:
-        feats = self.analyze(x, ctx)
+        feats = self._features(x, ctx)
         cond = ctx.cond
         sat = cond.macro("saturation").to(x.dtype)
         bright = cond.macro("brightness").to(x.dtype)
@@ -205,7 +218,7 @@ class Exciter(Stage):
         }
 
     def residual(self, x: Tensor, ctx: StageContext) -> Params:
-        feats = self.analyze(x, ctx)
+        feats = self._features(x, ctx)
         h = torch.cat(
             [
                 feats["shape"] / 10.0,
@@ -226,6 +239,7 @@ class Exciter(Stage):
         """Apply to ``x [batch, 2, n]``; output delayed by :data:`LATENCY` samples.
 
         ``state``: dict of the crossover, history, post high-pass and LoFi filter states."""
+        self.__dict__.pop("_analyzed", None)
         state = state or {}
         dt = x.dtype
         amount = params["amount"].to(dt).view(-1, 1, 3, 1) / 100.0

@@ -267,8 +267,8 @@ class MasterOut(Stage):
         if renders:
             rows = [b for _, b, _ in renders]
             chunk = refs[rows[0]].chunk
-            idx = torch.tensor(rows, device=x.device)
-            sub = LimiterChunk(chunk.ext[idx], chunk.peak_db[idx], chunk.geometry, None)
+            chunk.released_from_rest(self.release_ms, SAMPLE_RATE)  # once for every round
+            sub = chunk.rows(rows)
             like = dict(dtype=x.dtype, device=x.device)
             gains = torch.tensor([r[1] for _, _, r in renders], **like)
             ceilings = torch.tensor([r[2] for _, _, r in renders], **like)
