@@ -68,8 +68,13 @@ def delay(x: Tensor, history: Tensor | None, samples: int) -> tuple[Tensor, Tens
     return apply_with_history(x, history, lambda b: b, past=0, lookahead=samples)
 
 
-#: Default working-set bound of :func:`apply_chunked`: elements per chunk (128 MiB of float32).
+#: Default working-set bound of :func:`apply_chunked` on a CPU: elements per chunk (128 MiB of
+#: float32; the intermediates stay near the caches).
 MAX_CHUNK_ELEMENTS = 1 << 25
+#: The bound on other devices (512 MiB of float32): there each operation is a kernel launch
+#: and a few large chunks keep the device busy where many small ones leave it waiting on the
+#: host; an exciter's oversampled intermediates are then a few GiB.
+DEVICE_CHUNK_ELEMENTS = 1 << 27
 
 
 def apply_chunked(
@@ -78,7 +83,7 @@ def apply_chunked(
     op: Callable[[Tensor], Tensor],
     past: int,
     lookahead: int = 0,
-    max_elements: int = MAX_CHUNK_ELEMENTS,
+    max_elements: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """:func:`apply_with_history` over consecutive sub-chunks of ``x``, so an operator whose
     intermediates are many times its input (oversampling, band splits) runs in bounded memory
@@ -86,8 +91,12 @@ def apply_chunked(
 
     Args:
         max_elements: bound on the elements of one sub-chunk ``[..., T']``; ``T'`` is at least
-            ``4 * (past + lookahead)`` so the overlap stays a small fraction.
+            ``4 * (past + lookahead)`` so the overlap stays a small fraction. ``None``:
+            :data:`MAX_CHUNK_ELEMENTS` on a CPU, :data:`DEVICE_CHUNK_ELEMENTS` elsewhere.
     """
+    if max_elements is None:
+        cpu = x.device.type == "cpu"
+        max_elements = MAX_CHUNK_ELEMENTS if cpu else DEVICE_CHUNK_ELEMENTS
     rows = max(1, math.prod(x.shape[:-1]))
     step = max(max_elements // rows, 4 * (past + lookahead), 1)
     if x.shape[-1] <= step:
