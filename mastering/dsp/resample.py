@@ -453,7 +453,8 @@ def _phase_peaks(x: Tensor, weight: Tensor, n_filters: int, n_out: int) -> Tenso
     filter bank's output is put back in time order."""
     y = _fir_bank_blocked(x, weight, n_out)  # [N, F * P, R]
     N, R = y.shape[0], y.shape[-1]
-    m = y.reshape(N, n_filters, _BLOCK, R).abs().amax(1)  # [N, P, R]
+    low, high = torch.aminmax(y.reshape(N, n_filters, _BLOCK, R), dim=1)  # one read of y
+    m = torch.maximum(high, -low)  # [N, P, R]
     return m.transpose(1, 2).reshape(N, R * _BLOCK)[:, :n_out]
 
 
