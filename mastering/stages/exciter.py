@@ -46,7 +46,6 @@ conditioning vector, giving raw offsets for every parameter.
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Any
 
 import scipy.signal
@@ -59,6 +58,7 @@ from mastering.dsp.chunking import apply_chunked
 from mastering.dsp.crossover import crossover_band_sos, linkwitz_riley_sos
 from mastering.dsp.iir import sosfilt
 from mastering.dsp.resample import HALF_WIDTH, oversampled_apply
+from mastering.dsp.saturation import shaper_harmonics, soft_clip_change
 from mastering.features import (
     band_centers,
     mid_side_band_spectrum_db,
@@ -98,29 +98,6 @@ EXCITER_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("tape", "%", 0.0, 100.0, doc="tape soft clipping of the full band"),
     ParamSpec("lofi", "%", 0.0, 100.0, doc="LoFi: 12-bit quantization and 11 kHz bandwidth"),
 )  # fmt: skip
-
-
-def _excite(u: Tensor, drive: Tensor) -> Tensor:
-    """The harmonics the asymmetric tanh generates from ``u`` driven by ``d``, scaled back:
-    ``s(d u) / d`` with ``s(v) = tanh(v + b) - tanh(b) - sech^2(b) v`` (the shaper minus its
-    linear part). By the tanh addition formula
-    ``tanh(v + b) - tanh(b) = sech^2(b) tanh(v) / (1 + tanh(b) tanh(v))``, so with
-    ``t = tanh(d u)``: ``s(d u) / d = sech^2(b) (t / (d (1 + tanh(b) t)) - u)``. Five passes
-    over ``u`` (it runs at the oversampled rate, where memory traffic is the cost), and
-    exactly 0 for ``u = 0``: digital silence stays silent. ``drive`` broadcasts against ``u``
-    (``[..., 1]``). Autograd-safe (no in-place operation overwrites a tensor a backward
-    needs)."""
-    tb = math.tanh(SHAPER_BIAS)
-    sech2 = 1.0 - tb**2
-    t = torch.mul(u, drive).tanh_()
-    den = torch.addcmul(drive / sech2, t, drive * (tb / sech2))  # d (1 + tanh(b) t) / sech^2
-    return torch.div(t, den).sub_(u, alpha=sech2)
-
-
-def _tape(u: Tensor, tape: Tensor, k: Tensor) -> Tensor:
-    """Change made by the tape soft clip, ``tape * (tanh(k u) / k - u)``; ``tape`` and ``k``
-    broadcast against ``u`` (``[..., 1]``)."""
-    return torch.addcmul(-tape * u, torch.tanh(k * u), tape / k)
 
 
 def _bypassable(amount: Tensor) -> bool:
@@ -260,11 +237,13 @@ class Exciter(Stage):
 
         def op(buf: Tensor) -> Tensor:
             # Each oversampled nonlinearity is one blocked round trip (resample.oversampled_apply).
-            wet = oversampled_apply(buf[:, :, 1:], lambda u: _excite(u, drive), M)
+            wet = oversampled_apply(
+                buf[:, :, 1:], lambda u: shaper_harmonics(u, drive, SHAPER_BIAS), M
+            )
             full = buf[:, :, :1]
             if use_tape:
                 t, k = tape.unsqueeze(-1), k_tape.unsqueeze(-1)
-                full = full + oversampled_apply(full, lambda u: _tape(u, t, k), M)
+                full = full + oversampled_apply(full, lambda u: soft_clip_change(u, t, k), M)
             return torch.cat([full, wet], dim=2)
 
         out, hist = apply_chunked(
