@@ -61,7 +61,7 @@ def run_matchering(audio: np.ndarray) -> float:
         target, ref, out = Path(d, "t.wav"), Path(d, "r.wav"), Path(d, "o.wav")
         sf.write(target, audio.T, SR, subtype="FLOAT")
         sf.write(ref, np.clip(audio.T * 2.0, -1, 1), SR, subtype="FLOAT")
-        mg.log(print=lambda *_: None)
+        mg.log(default_handler=lambda *_: None)
         t = time.perf_counter()
         mg.process(target=str(target), reference=str(ref), results=[mg.pcm24(str(out))])
         return time.perf_counter() - t

@@ -192,9 +192,15 @@ class Chain(nn.Module):
         self.config = (config or ChainConfig()).validate()
         self.encoder = ConditioningEncoder()
         self.stages = nn.ModuleDict({name: stage_class(name)() for name in DEFAULT_ORDER})
-        self.stages["master_out"].configure(
-            target_lufs=self.config.target_lufs, ceiling_dbtp=self.config.ceiling_dbtp
-        )
+        self.configure_output(self.config.target_lufs, self.config.ceiling_dbtp)
+
+    def configure_output(
+        self, target_lufs: float | None = None, ceiling_dbtp: float | None = None
+    ) -> None:
+        """Set the loudness target (LUFS, master out) and the true-peak ceiling (dBTP) that
+        both the limiter stage and master out's safety limiter hold."""
+        self.stages["master_out"].configure(target_lufs=target_lufs, ceiling_dbtp=ceiling_dbtp)
+        self.stages["limiter"].configure(ceiling_dbtp=ceiling_dbtp)
 
     # -- construction -----------------------------------------------------------------------
     @classmethod

@@ -59,10 +59,7 @@ class GroupRunner:
 
     def run(self, chain: Chain, jobs: list[SongJob]) -> None:
         """Run this group's stages on ``jobs`` (one chain key) as one tensor batch, in place."""
-        if "master_out" in self.stages:
-            chain.stages["master_out"].configure(
-                target_lufs=jobs[0].target_lufs, ceiling_dbtp=jobs[0].ceiling_dbtp
-            )
+        chain.configure_output(jobs[0].target_lufs, jobs[0].ceiling_dbtp)
         with torch.no_grad():
             if self.first:
                 self._begin(chain, jobs)

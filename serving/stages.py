@@ -61,6 +61,9 @@ class StageGroup:
         self.name = self.runner.name
         self.run_batch.set_max_batch_size(max_batch_size)
         self.run_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        # Whether a batch is on the device, and the event its end sets (see __call__).
+        self._running = False
+        self._batch_done = asyncio.Event()
 
     @serve.multiplexed(max_num_models_per_replica=MAX_CHAINS_PER_REPLICA)
     async def chain(self, adapter: str) -> Chain:
@@ -72,6 +75,15 @@ class StageGroup:
         return os.getpid()
 
     async def __call__(self, job: SongJob) -> SongJob:
+        """Batch ``job`` with the songs that arrive while the device is busy.
+
+        ``@serve.batch`` forms a batch as soon as songs are queued and only then waits for
+        the device, so songs arriving one by one during a batch would each make a batch of
+        one behind it. A song that arrives while a batch runs therefore waits for that
+        batch's end; then every waiting song enters the queue at once and they make the next
+        batch together. A lone song starts at once."""
+        if self._running:
+            await self._batch_done.wait()
         return await self.run_batch(job)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
@@ -80,9 +92,15 @@ class StageGroup:
         by_key: dict[tuple, list[SongJob]] = defaultdict(list)
         for job in jobs:
             by_key[job.chain_key()].append(job)
-        for key, group in by_key.items():
-            chain = await self.chain(key[0])
-            await asyncio.to_thread(self.runner.run, chain, group)
+        self._running = True
+        try:
+            for key, group in by_key.items():
+                chain = await self.chain(key[0])
+                await asyncio.to_thread(self.runner.run, chain, group)
+        finally:
+            self._running = False
+            done, self._batch_done = self._batch_done, asyncio.Event()
+            done.set()
         seconds = time.perf_counter() - t0
         metrics().batch(self.name, len(jobs), seconds)
         for job in jobs:

@@ -53,6 +53,22 @@ def test_other_target_and_ceiling():
     assert abs(r.integrated_lufs + 23.0) <= 0.1 and r.true_peak_dbtp <= -2.0 + 0.05
 
 
+def test_the_limiter_stage_holds_the_configured_ceiling():
+    """The ceiling reaches the limiter stage too, not only master out: after the limiter the
+    song is already under it (so width, tails and harmonics were limited at that ceiling)."""
+    from mastering.loudness import true_peak
+
+    chain = Chain.pretrained(ChainConfig(ceiling_dbtp=-4.0))
+    assert chain.stages["limiter"].ceiling_dbtp == -4.0
+    order = list(chain.config.order)
+    with torch.no_grad():
+        state = chain.begin(song(5, -3.0), Conditioning(genre="edm"))
+        state = chain.run_stages(state, order[: order.index("limiter") + 1])
+    assert float(true_peak(state.audio)) <= -4.0 + 0.05
+    chain.configure_output(ceiling_dbtp=-2.5)
+    assert chain.stages["limiter"].ceiling_dbtp == chain.stages["master_out"].ceiling_dbtp == -2.5
+
+
 def test_deterministic(chain):
     x = song(5)
     a = master(chain, x, genre="edm").audio
