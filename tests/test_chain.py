@@ -285,3 +285,15 @@ def test_stage_groups_out_of_order_is_an_error():
         chain.run_stages(state, ["compressor"])
     with pytest.raises(InvalidParameterError, match="not finished"):
         chain.finish(state)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (an hour of audio)")
+def test_a_sixty_minute_song_on_the_gpu():
+    """An hour of stereo audio through the whole chain on one GPU: on target, under the
+    ceiling, finite (the compressor's GRU then runs in several calls)."""
+    chain = Chain.pretrained().eval().cuda()
+    x = song(23, -12.0, seconds=3600.0).cuda()
+    out = master(chain, x, genre="rock")
+    assert out.audio.shape == x.shape and bool(torch.isfinite(out.audio).all())
+    r = measure_batch(out.audio.cpu())[0]
+    assert abs(r.integrated_lufs + 14.0) <= 0.1 and r.true_peak_dbtp <= -1.0 + 0.05

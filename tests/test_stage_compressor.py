@@ -209,3 +209,15 @@ def test_gradients_flow(encoder):
     emb = encoder.genre_embedding.weight.grad
     assert emb is not None and emb.abs().sum() > 0  # through the prior's macros
     encoder.zero_grad()
+
+
+def test_long_songs_run_the_gru_in_calls_with_the_state_carried(monkeypatch):
+    """cuDNN refuses GRU sequences over 65,535 steps (a 60-minute song has 72,000): the
+    controller runs it in calls with the hidden state carried, which is the same recurrence."""
+    from mastering.stages import compressor
+
+    gru = torch.nn.GRU(4, 6, batch_first=True).double()
+    x = torch.randn(2, 1000, 4, dtype=torch.float64)
+    whole = gru(x)[0]
+    monkeypatch.setattr(compressor, "GRU_STEPS_PER_CALL", 97)
+    torch.testing.assert_close(compressor._recurrent(gru, x), whole, atol=1e-12, rtol=0)

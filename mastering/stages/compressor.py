@@ -106,11 +106,27 @@ class CompressorController(nn.Module):
         feats = torch.stack([(rms + 20.0) / 20.0, (rms - median) / 10.0], dim=1)
         feats = F.avg_pool1d(feats, CONTROL_POOL, CONTROL_POOL, ceil_mode=True)
         h = self.encoder(cond_concat(feats, cond))
-        h, _ = self.gru(h.transpose(1, 2))  # [B, steps, hidden]
+        h = _recurrent(self.gru, h.transpose(1, 2))  # [B, steps, hidden]
         h = h.transpose(1, 2)
         curve = F.interpolate(self.curve(h), size=n, mode="linear", align_corners=False)
         scalars = self.scalars(torch.cat([pool_mean_max(h), cond.to(h.dtype)], dim=-1))
         return curve, scalars
+
+
+#: Most GRU steps per call: cuDNN refuses longer sequences (a 60-minute song has 72,000).
+GRU_STEPS_PER_CALL = 32_768
+
+
+def _recurrent(gru: nn.GRU, x: Tensor) -> Tensor:
+    """``gru(x)[0]`` for ``x [B, steps, features]``, in calls of at most
+    :data:`GRU_STEPS_PER_CALL` steps with the hidden state carried (the same recurrence)."""
+    if x.shape[1] <= GRU_STEPS_PER_CALL:
+        return gru(x)[0]
+    outs, state = [], None
+    for start in range(0, x.shape[1], GRU_STEPS_PER_CALL):
+        out, state = gru(x[:, start : start + GRU_STEPS_PER_CALL], state)
+        outs.append(out)
+    return torch.cat(outs, dim=1)
 
 
 class Compressor(Stage):
