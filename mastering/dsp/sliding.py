@@ -25,11 +25,12 @@ _ALIGNMENTS = {
 def _forward_window_max(x: Tensor, window: int) -> Tensor:
     """``y[n] = max(x[n .. n+window-1])`` for ``n < len(x) - window + 1`` (``[..., T-W+1]``).
 
-    On a GPU, ``max_pool1d`` (each output reads its window from the cache: one pass over
-    memory, where the three cumulative scans below make several); elsewhere van Herk /
-    Gil-Werman."""
+    On a GPU without gradients, ``max_pool1d`` (each output reads its window from the cache:
+    one pass over memory, where the three cumulative scans below make several); otherwise
+    van Herk / Gil-Werman."""
     T = x.shape[-1]
-    if x.is_cuda and x.dtype in (torch.float32, torch.float64) and window <= T:
+    wants_grad = torch.is_grad_enabled() and x.requires_grad  # max_pool1d has no backward
+    if x.is_cuda and not wants_grad and x.dtype in (torch.float32, torch.float64) and window <= T:
         flat = x.reshape(-1, 1, T)
         return F.max_pool1d(flat, window, stride=1).reshape(*x.shape[:-1], T - window + 1)
     n_blocks = -(-T // window)
