@@ -453,8 +453,12 @@ def _phase_peaks(x: Tensor, weight: Tensor, n_filters: int, n_out: int) -> Tenso
     filter bank's output is put back in time order."""
     y = _fir_bank_blocked(x, weight, n_out)  # [N, F * P, R]
     N, R = y.shape[0], y.shape[-1]
-    low, high = torch.aminmax(y.reshape(N, n_filters, _BLOCK, R), dim=1)  # one read of y
-    m = torch.maximum(high, -low)  # [N, P, R]
+    blocks = y.reshape(N, n_filters, _BLOCK, R)
+    if torch.is_grad_enabled() and y.requires_grad:  # aminmax has no backward
+        m = blocks.abs().amax(1)
+    else:
+        low, high = torch.aminmax(blocks, dim=1)  # one read of y
+        m = torch.maximum(high, -low)  # [N, P, R]
     return m.transpose(1, 2).reshape(N, R * _BLOCK)[:, :n_out]
 
 
