@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from mastering.chain import Chain
+from mastering.dsp import saturation
 from mastering.evaluation import Evaluation, Evaluator
 from mastering.grouping import equal_length_groups
 from serving.batch import SongJob, conditioning_used, run_group
@@ -46,6 +47,8 @@ class GroupRunner:
         self.first, self.last = first, last
         self.device = device
         self._evaluator: Evaluator | None = None
+        if "exciter" in self.stages:
+            saturation.warm_up(device)  # compile its GPU kernel while the replica starts
 
     @property
     def name(self) -> str:

@@ -61,3 +61,24 @@ def test_fused_cuda_kernel_matches_the_eager_form(monkeypatch):
     eager = tanh_curve(u, a, b, c, e)
     torch.testing.assert_close(fused, eager, atol=2e-6, rtol=1e-5)
     assert torch.equal(tanh_curve(torch.zeros_like(u), a, b, c, e), torch.zeros_like(u))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_kernel_that_fails_falls_back_to_the_eager_form(monkeypatch):
+    from mastering.dsp import saturation
+
+    if not saturation.warm_up("cuda"):
+        pytest.skip("Triton not importable")
+    u = torch.randn(2, 3, 1000, device="cuda")
+    ones = torch.ones(2, 3, 1, device="cuda")
+    monkeypatch.setenv("LACQUER_FUSED", "0")
+    eager = tanh_curve(u, ones, 0.5 * ones, ones, ones)
+    monkeypatch.delenv("LACQUER_FUSED")
+
+    def broken(*args):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(saturation, "_fused", broken)
+    monkeypatch.setattr(saturation, "_broken", [])
+    assert torch.equal(tanh_curve(u, ones, 0.5 * ones, ones, ones), eager)
+    assert saturation._broken and not saturation.warm_up("cuda")

@@ -27,6 +27,7 @@ rounding (a CUDA test checks it).
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 
@@ -35,6 +36,10 @@ from torch import Tensor
 
 #: Samples per Triton program.
 _BLOCK = 2048
+
+logger = logging.getLogger(__name__)
+#: Set when the fused kernel failed once (compilation, launch): the eager form from then on.
+_broken: list[str] = []
 
 
 def tanh_curve(u: Tensor, a: Tensor, b: Tensor, c: Tensor, e: Tensor) -> Tensor:
@@ -49,7 +54,11 @@ def tanh_curve(u: Tensor, a: Tensor, b: Tensor, c: Tensor, e: Tensor) -> Tensor:
         ``[..., L]``, differentiable (the fused kernel is used only without gradients).
     """
     if _fusable(u, a, b, c, e):
-        return _fused(u, a, b, c, e)
+        try:
+            return _fused(u, a, b, c, e)
+        except Exception as exc:  # a kernel that cannot compile here must not stop a master
+            _broken.append(repr(exc))
+            logger.warning("fused saturation kernel unavailable, using the eager form: %r", exc)
     t = torch.mul(u, c).tanh_()
     q = torch.div(t, torch.addcmul(torch.ones_like(b), t, b))  # t / (1 + b t)
     return torch.addcmul(torch.mul(q, a), u, e, value=-1.0)
@@ -70,6 +79,21 @@ def soft_clip_change(u: Tensor, amount: Tensor, k: Tensor) -> Tensor:
     return tanh_curve(u, amount / k, torch.zeros_like(k), k, amount)
 
 
+def warm_up(device: torch.device | str) -> bool:
+    """Compile the fused kernel for ``device`` now (Triton compiles on first use, a few
+    seconds when its cache is cold), so a render farm worker or a Serve replica pays for it
+    while starting rather than on its first songs. Returns whether the fused kernel runs."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return False
+    u = torch.zeros(2, 1, 4096, device=device)
+    ones = torch.ones(2, 1, 1, device=device)
+    with torch.no_grad():
+        tanh_curve(u, ones, 0.5 * ones, ones, ones)
+        tanh_curve(u[..., :4095], ones, 0.5 * ones, ones, ones)  # the other length class
+    return _fusable(u, ones)
+
+
 # --------------------------------------------------------------------------------------------
 # Fused CUDA kernel
 # --------------------------------------------------------------------------------------------
@@ -78,7 +102,7 @@ def soft_clip_change(u: Tensor, amount: Tensor, k: Tensor) -> Tensor:
 def _fusable(u: Tensor, *coefficients: Tensor) -> bool:
     if not u.is_cuda or u.dtype != torch.float32 or u.numel() == 0:
         return False
-    if os.environ.get("LACQUER_FUSED", "1") == "0":
+    if os.environ.get("LACQUER_FUSED", "1") == "0" or _broken:
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in (u, *coefficients)):
         return False
@@ -128,4 +152,4 @@ def _fused(u: Tensor, a: Tensor, b: Tensor, c: Tensor, e: Tensor) -> Tensor:
     return y.reshape(*lead, length)
 
 
-__all__ = ["shaper_harmonics", "soft_clip_change", "tanh_curve"]
+__all__ = ["shaper_harmonics", "soft_clip_change", "tanh_curve", "warm_up"]
