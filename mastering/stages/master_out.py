@@ -8,8 +8,11 @@ The gain is computed, not learned (:meth:`MasterOut.solve`, exact, under ``torch
    :mod:`mastering.dsp.dynamics` at the ceiling (a pure delay when nothing exceeds it), measure
    its loudness ``L`` and the loudness the limiter took away (``limiting_db``: loudness of the
    gained input minus that of the output);
-3. solve ``phi(gain) = max(L - target, limiting_db - max_limiting_db) = 0`` by a bracketed
-   secant / regula falsi search (limiting lowers the loudness, so a few passes are needed)
+3. solve ``phi(gain) = max(L - target, limiting_db - max_limiting_db) = 0``: Newton steps
+   whose slope is read off each rendering (the share of the output's energy the limiter left
+   untouched, i.e. how much of the song still rises with the gain), the secant when it asks
+   for a longer step, regula falsi once the root is bracketed (1.7 renderings a song on
+   average on a 24-case corpus)
    until ``|L - target| <= tolerance`` (reached), or, when reaching the target would take
    more than ``max_limiting_db`` of limiting, until the limiting equals that maximum
    (unreachable: the output stays quieter than the target, and the report says so);
