@@ -86,8 +86,13 @@ class ServingConfig:
             (``max_ongoing`` must hold a full batch).
         max_batch_size, batch_wait_timeout_s: dynamic batching of the stage groups (songs,
             seconds). A batch waits up to ``batch_wait_timeout_s`` after its first song for
-            more; 0 takes the songs already queued, so a lone song runs at once and under load
-            the songs that queue while a batch runs make the next batch.
+            more; 0 takes the songs already queued, so a lone song runs at once.
+        batch_while_busy: a song that reaches a stage group while a batch runs waits for that
+            batch's end and joins the next with the other waiting songs (without it, batches
+            form as songs arrive, of one or two songs under load); ``None``: on GPUs only,
+            where a batch costs little more than one song (measured on an H200: 10.7 against
+            4.6 requests/s for 30 s clips from 8 clients), not on CPUs, where batching does
+            not pay (1.3 against 2.3 requests/s for 5 s clips).
         min_replicas, max_replicas: autoscaling range of every deployment.
         target_ongoing_requests: autoscaling target per replica.
         health_check_period_s: how often Serve checks replicas, seconds (a killed replica is
@@ -133,6 +138,7 @@ class ServingConfig:
     stage_max_queued_requests: int = 256
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.0
+    batch_while_busy: bool | None = None
     min_replicas: int = 1
     max_replicas: int = 2
     target_ongoing_requests: float = 8.0
@@ -282,6 +288,7 @@ def build_app(config: ServingConfig):
                 config.max_batch_size,
                 config.batch_wait_timeout_s,
                 config.adapter_dir,
+                config.batch_while_busy,
             )
         )
     ingress = Ingress.options(

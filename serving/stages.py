@@ -42,6 +42,7 @@ class StageGroup:
         max_batch_size: songs per dynamic batch. batch_wait_timeout_s: seconds a batch
             waits to fill.
         adapter_dir: folder of user style adapters (``None``: the environment's).
+        batch_while_busy: see :class:`serving.config.ServingConfig`.
     """
 
     def __init__(
@@ -53,6 +54,7 @@ class StageGroup:
         max_batch_size: int = 8,
         batch_wait_timeout_s: float = 0.0,
         adapter_dir: str | None = None,
+        batch_while_busy: bool | None = None,
     ):
         wire.install()
         use_adapter_dir(adapter_dir)
@@ -61,7 +63,9 @@ class StageGroup:
         self.name = self.runner.name
         self.run_batch.set_max_batch_size(max_batch_size)
         self.run_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        # Whether a batch is on the device, and the event its end sets (see __call__).
+        # Whether songs wait for the running batch (see __call__; None: on GPUs), whether a
+        # batch is on the device, and the event its end sets.
+        self._gate = device != "cpu" if batch_while_busy is None else batch_while_busy
         self._running = False
         self._batch_done = asyncio.Event()
 
@@ -81,8 +85,9 @@ class StageGroup:
         the device, so songs arriving one by one during a batch would each make a batch of
         one behind it. A song that arrives while a batch runs therefore waits for that
         batch's end; then every waiting song enters the queue at once and they make the next
-        batch together. A lone song starts at once."""
-        if self._running:
+        batch together. A lone song starts at once. (``batch_while_busy``; on GPUs by
+        default, see :class:`serving.config.ServingConfig`.)"""
+        if self._gate and self._running:
             await self._batch_done.wait()
         return await self.run_batch(job)
 

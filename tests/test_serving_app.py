@@ -80,6 +80,7 @@ def served(ray_cluster, tmp_path_factory):
         genre_adapters=True,
         retry=RetryPolicy(threshold=100.0, max_attempts=1),
         max_attempts_limit=3,
+        batch_while_busy=True,  # the GPU default, here on CPU workers
     )
     tiny = ServingConfig(
         port=port,
