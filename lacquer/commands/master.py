@@ -248,17 +248,26 @@ def retry_policy(args: argparse.Namespace):
     return policy.validate()
 
 
+def promoted_adapter_dir(args: argparse.Namespace) -> Path | None:
+    """The adapter folder of the version ``lacquer improve`` promoted (``--models``, else
+    ``STORE/models``), ``None`` when none is promoted or ``--models none``."""
+    if args.models == "none":
+        return None
+    from tuning.improve import current_adapter_dir
+
+    return current_adapter_dir(args.models or Path(feedback_store(args)) / "models")
+
+
 def promoted_adapters(args: argparse.Namespace):
     """The genre adapters of the version ``lacquer improve`` promoted
     (:class:`mastering.adapter_folder.GenreAdapters`), ``None`` when none is promoted or
     ``--models none``."""
-    if args.models == "none":
+    folder = promoted_adapter_dir(args)
+    if folder is None:
         return None
     from mastering.adapter_folder import GenreAdapters
-    from tuning.improve import current_adapter_dir
 
-    folder = current_adapter_dir(args.models or Path(feedback_store(args)) / "models")
-    return None if folder is None else GenreAdapters(folder)
+    return GenreAdapters(folder)
 
 
 def retry_runner(chain, args: argparse.Namespace):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 
@@ -80,21 +79,18 @@ def serving_config(args: argparse.Namespace):
     policy and the promoted adapters of the feedback store."""
     from dataclasses import replace
 
-    from lacquer.commands.feedback import default_store
+    from lacquer.commands.master import feedback_store, promoted_adapter_dir
     from serving.config import ServingConfig
-    from tuning.improve import current_adapter_dir
     from tuning.tune_retry import load_retry_policy
 
-    store = args.feedback or default_store()
+    store = feedback_store(args)
     policy = load_retry_policy(store, max_attempts=1 if args.no_retry else args.retry_attempts)
     limit = ServingConfig.max_attempts_limit
     if args.no_retry:
         limit = 1
     elif policy.max_attempts > limit:
         policy = replace(policy, max_attempts=limit)
-    adapters = None
-    if args.models != "none":
-        adapters = current_adapter_dir(args.models or Path(store) / "models")
+    adapters = promoted_adapter_dir(args)
     fused = args.placement == "fused"
     max_replicas = args.max_replicas or (max(2, args.gpus) if fused else 2)
     return ServingConfig(
