@@ -30,7 +30,7 @@ from mastering.audio.write import (
 )
 from mastering.errors import InvalidAudioError
 from mastering.io import AudioInfo, read_audio, write_audio
-from mastering.loudness import measure
+from mastering.loudness import LoudnessReport, measure
 from mastering.render import FORMATS, summary
 
 #: Media type of each output format.
@@ -119,10 +119,13 @@ def measurements(audio: torch.Tensor, mono: bool = False) -> dict[str, Any]:
     return measurements_batch(audio.unsqueeze(0), [mono])[0]
 
 
-def measurements_batch(x: torch.Tensor, monos: list[bool]) -> list[dict[str, Any]]:
+def measurements_batch(
+    x: torch.Tensor, monos: list[bool], loudness: list[LoudnessReport] | None = None
+) -> list[dict[str, Any]]:
     """:func:`measurements` of each song of ``x [batch, 2, samples]`` (one batch through the
-    meters); ``monos``: which sources were mono."""
-    reports = summary(x)
+    meters); ``monos``: which sources were mono; ``loudness``: ``x``'s
+    :func:`mastering.loudness.measure_batch` when the caller has it already."""
+    reports = summary(x, loudness)
     for report, audio, mono in zip(reports, x, monos, strict=True):
         if mono:
             report.update(measure(audio[:1], SAMPLE_RATE).to_dict())

@@ -10,7 +10,8 @@ For the jobs of one chain key (:meth:`serving.batch.SongJob.chain_key`) on ``dev
 * the stages run on the padded batch (:func:`serving.batch.run_group`); each song keeps its
   parameters and stage reports (moved to the CPU: they are small);
 * the last group finishes each song, measures the master and scores it (when asked) on the
-  device, then moves the master to the CPU; other groups hand the state on, on the CPU.
+  device, from one loudness measurement, then moves the master to the CPU; other groups hand
+  the state on, on the CPU.
 
 Measuring and scoring take songs of equal length as one batch (``[batch, 2, n]``; the meters
 and the evaluator are batched): on a GPU a batch costs about what one song costs, most of it
@@ -29,6 +30,7 @@ from mastering.chain import Chain
 from mastering.dsp import saturation
 from mastering.evaluation import Evaluation, Evaluator
 from mastering.grouping import equal_length_groups
+from mastering.loudness import measure_batch
 from serving.batch import SongJob, conditioning_used, run_group
 from serving.codec import measurements_batch
 
@@ -100,16 +102,22 @@ class GroupRunner:
             job.conditioning_used = conditioning_used(job, state.cond)
             masters.append(chain.finish(state).audio[0])
             job.state = None
-        for job, report in zip(jobs, self._measure(masters, jobs, range(len(jobs))), strict=True):
-            job.after = report
-        scored = [i for i, job in enumerate(jobs) if job.score]
-        for index in equal_lengths([masters[i] for i in scored]):
-            songs = [scored[k] for k in index]
+        for group in equal_lengths(masters):
+            x = stack([masters[i] for i in group])
+            loudness = measure_batch(x)  # for the reports and the scores alike
+            monos = [jobs[i].mono for i in group]
+            for i, report in zip(group, measurements_batch(x, monos, loudness), strict=True):
+                jobs[i].after = report
+            scored = [k for k, i in enumerate(group) if jobs[i].score]
+            if not scored:
+                continue
+            songs = [group[k] for k in scored]
             ev = self.evaluator()(
-                stack([masters[i] for i in songs]),
+                x if len(scored) == len(group) else x[scored],
                 [jobs[i].conditioning.resolved_genre() for i in songs],
                 target_lufs=jobs[songs[0]].target_lufs,
                 ceiling_dbtp=jobs[songs[0]].ceiling_dbtp,
+                reports=[loudness[k] for k in scored],
             )
             for k, i in enumerate(songs):
                 jobs[i].evaluation = evaluation_of(ev, k)
