@@ -235,3 +235,19 @@ def test_gradients_reach_audio_and_conditioning(encoder):
     y, _ = ex(x.detach(), ctx)
     y.square().mean().backward()
     assert vec.grad is not None and vec.grad.abs().sum() > 0
+
+
+def test_prior_and_residual_share_one_analysis_per_prediction(ex, encoder, music, monkeypatch):
+    """Stage.shared: the exciter's STFT analysis runs once per predict (prior and residual
+    read it), and afresh in every prediction."""
+    calls = []
+    analyze = ex.analyze
+    monkeypatch.setattr(ex, "analyze", lambda x, ctx: calls.append(1) or analyze(x, ctx))
+    ctx = _ctx(encoder, "rock")
+    with torch.no_grad():
+        ex.predict(music, ctx)
+        assert len(calls) == 1
+        ex.predict(music, ctx)
+        assert len(calls) == 2
+        ex.prior(music, ctx)  # outside a prediction: computed each time
+        assert len(calls) == 3

@@ -10,7 +10,7 @@ conditioning embedding through the prior. User overrides replace predicted value
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -72,8 +72,12 @@ class Stage(nn.Module):
         adapter = self._modules.get("adapter")
         if adapter is not None:
             ctx = adapter.context(ctx)
-        prior = self.prior(x, ctx)
-        delta = self.residual(x, ctx)
+        self._shared = {}
+        try:
+            prior = self.prior(x, ctx)
+            delta = self.residual(x, ctx)
+        finally:
+            self._shared = None
         if adapter is not None:
             delta = adapter.offsets(delta)
         params: Params = {}
@@ -83,6 +87,17 @@ class Stage(nn.Module):
                 raw = raw + delta[s.name]
             params[s.name] = s.to_physical(raw)
         return self.apply_overrides(params, overrides)
+
+    def shared(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per :meth:`predict`, where the prior and the residual read the
+        same features of the same input (an STFT analysis, say); outside a prediction it is
+        computed each time."""
+        memo = getattr(self, "_shared", None)
+        if memo is None:
+            return compute()
+        if key not in memo:
+            memo[key] = compute()
+        return memo[key]
 
     def attach_adapter(self, adapter: nn.Module | None) -> None:
         """Attach a style adapter (an ``nn.Module`` with ``context(ctx) -> ctx`` and

@@ -142,16 +142,6 @@ class Exciter(Stage):
         self.head = MLPHead(n_in, sum(s.size for s in EXCITER_SPECS), hidden=64, n_hidden=3)
 
     # -- controller ------------------------------------------------------------------------
-    def _features(self, x: Tensor, ctx: StageContext) -> dict[str, Tensor]:
-        """:meth:`analyze`, computed once for the prior and the residual of one prediction
-        (the same input and conditioning objects); :meth:`process` drops it."""
-        cached = self.__dict__.get("_analyzed")
-        if cached is not None and cached[0] is x and cached[1] is ctx.cond:
-            return cached[2]
-        feats = self.analyze(x, ctx)
-        self.__dict__["_analyzed"] = (x, ctx.cond, feats)
-        return feats
-
     def analyze(self, x: Tensor, ctx: StageContext) -> dict[str, Tensor]:
         """Features of ``x [batch, 2, n]``: ``shape`` (mid spectrum shape, dB ``[batch, 40]``),
         ``band_db`` (long-term RMS of the three bands, dBFS ``[batch, 3]``) and ``deficit``
@@ -176,7 +166,7 @@ class Exciter(Stage):
         return {"shape": shape, "band_db": band_db, "deficit": deficit}
 
     def prior(self, x: Tensor, ctx: StageContext) -> Params:
-        feats = self._features(x, ctx)
+        feats = self.shared("analysis", lambda: self.analyze(x, ctx))
         cond = ctx.cond
         sat = cond.macro("saturation").to(x.dtype)
         bright = cond.macro("brightness").to(x.dtype)
@@ -195,7 +185,7 @@ class Exciter(Stage):
         }
 
     def residual(self, x: Tensor, ctx: StageContext) -> Params:
-        feats = self._features(x, ctx)
+        feats = self.shared("analysis", lambda: self.analyze(x, ctx))
         h = torch.cat(
             [
                 feats["shape"] / 10.0,
@@ -216,7 +206,6 @@ class Exciter(Stage):
         """Apply to ``x [batch, 2, n]``; output delayed by :data:`LATENCY` samples.
 
         ``state``: dict of the crossover, history, post high-pass and LoFi filter states."""
-        self.__dict__.pop("_analyzed", None)
         state = state or {}
         dt = x.dtype
         amount = params["amount"].to(dt).view(-1, 1, 3, 1) / 100.0

@@ -124,7 +124,7 @@ class Limiter(Stage):
         drive_macro = cond.macro("drive").to(device, dtype)
         extreme = cond.flag("PRODUCTION_ExtremeDynamics").to(device, dtype)
         tempo = cond.tempo_bpm.to(device, dtype).clamp(20.0, 400.0)
-        crest = density_features(x)[:, 2]
+        crest = self.shared("density", lambda: density_features(x))[:, 2]
         target = NEUTRAL_CREST_DB - CREST_PER_DRIVE_DB * drive_macro
         drive = (crest - target).clamp(0.0, 12.0) * (1.0 - extreme)
         release = ((60_000.0 / tempo) / 4.0 * torch.pow(2.0, -0.5 * drive_macro)).clamp(20.0, 500.0)
@@ -139,7 +139,7 @@ class Limiter(Stage):
         }
 
     def residual(self, x: Tensor, ctx: StageContext) -> Params:
-        f = density_features(x)
+        f = self.shared("density", lambda: density_features(x))
         scaled = torch.cat([f[:, :2] / 20.0 + 1.0, f[:, 2:] / 10.0], dim=-1)
         out = self.controller(torch.cat([scaled, ctx.cond.vector.to(x.device, x.dtype)], dim=-1))
         return {"drive_db": out[:, :1], "release_ms": out[:, 1:2]}
