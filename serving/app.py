@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import importlib
 import logging
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from cluster.manifest import file_sha256
 from mastering.conditioning import EMOTIONS, GENRES, RULE_BREAKS, STYLE_WORDS
 from mastering.render import FORMATS
 from serving import wire
@@ -205,15 +205,6 @@ def feedback_recorder(config: ServingConfig) -> Callable[[dict[str, Any], str], 
         return None
     module, _, name = config.feedback_recorder.partition(":")
     return getattr(importlib.import_module(module), name)(config.feedback_dir)
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, hex (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def replica_died(exc: BaseException) -> bool:

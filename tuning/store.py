@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from cluster.manifest import file_sha256
 from mastering.errors import InvalidParameterError, LacquerError
 from mastering.evaluation import SUB_SCORES
 
@@ -103,12 +104,9 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def hash_file(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """SHA-256 of a file's bytes (hex): the render manifest's input hash, so feedback rows
+    and manifest rows of one file match."""
+    return file_sha256(path)
 
 
 def node_and_gpu() -> tuple[str, str]:
