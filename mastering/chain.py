@@ -14,6 +14,7 @@ only trims the level to the loudness target, re-limiting at the same ceiling whe
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -453,10 +454,16 @@ def run_aligned(stage: Stage, x: Tensor, params: Params) -> Tensor:
 
 def _dc_blocker(like: Tensor) -> Tensor:
     """2nd-order Butterworth high-pass at :data:`DC_CUTOFF_HZ` as one sos row ``[1, 6]``
-    (−3 dB at 5 Hz, within 0.1 dB above 20 Hz)."""
+    (−3 dB at 5 Hz, within 0.1 dB above 20 Hz), float64 on ``like``'s device."""
+    return _dc_blocker_on(like.device)
+
+
+@functools.lru_cache(maxsize=8)
+def _dc_blocker_on(device: torch.device) -> Tensor:
+    """One read-only tensor per device, so the IIR engine builds its tables once."""
     f = torch.tensor(DC_CUTOFF_HZ, dtype=torch.float64)
     q = torch.tensor(0.5**0.5, dtype=torch.float64)
-    return highpass_sos(f, q, 48_000).reshape(1, 6).to(like.device)
+    return highpass_sos(f, q, 48_000).reshape(1, 6).to(device)
 
 
 def remove_dc(x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:

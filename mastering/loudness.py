@@ -46,6 +46,7 @@ float64. Gradients flow through :func:`ungated_loudness` (the intended training 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -152,6 +153,13 @@ def k_weighting_sos(
     return torch.tensor(rows, dtype=torch.float64).to(dtype=dtype, device=device)
 
 
+@functools.lru_cache(maxsize=16)
+def _k_weighting_on(sample_rate: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """:func:`k_weighting_sos` as one tensor per rate, dtype and device, so that the IIR
+    engine's tables for it are built once (see :mod:`mastering.dsp.iir`). Read-only."""
+    return k_weighting_sos(sample_rate, dtype=dtype, device=device)
+
+
 def channel_weights(channels: int) -> tuple[float, ...]:
     """BS.1770-4 channel weights ``G_i`` for a channel count.
 
@@ -253,7 +261,7 @@ def _subblock_energies(
         counts = torch.full((sums.shape[-1],), float(n), dtype=torch.float64)
         return _Energies(sums, counts)
     dtype = precision or (x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32)
-    sos = k_weighting_sos(sample_rate, dtype=dtype, device=x.device)
+    sos = _k_weighting_on(sample_rate, dtype, x.device)
     with full_fp32_precision(x.device):
         y = sosfilt(x.to(dtype), sos)
     B, C, T = y.shape
@@ -354,7 +362,7 @@ def k_weight(
     """K-weighted signal (same shape as ``audio``), filtered in ``precision`` (default: input's)."""
     x, _ = _as_audio(audio)
     dtype = precision or x.dtype
-    sos = k_weighting_sos(sample_rate, dtype=dtype, device=x.device)
+    sos = _k_weighting_on(sample_rate, dtype, x.device)
     with full_fp32_precision(x.device):
         y = sosfilt(x.to(dtype), sos)
     return y.reshape(torch.as_tensor(audio).shape)
@@ -384,7 +392,7 @@ def ungated_loudness(
     _, C, T = x.shape
     if T == 0:
         return x.new_full(lead, float("-inf"))
-    sos = k_weighting_sos(sample_rate, dtype=x.dtype, device=x.device)
+    sos = _k_weighting_on(sample_rate, x.dtype, x.device)
     with full_fp32_precision(x.device):
         y = sosfilt(x, sos)
     ms = (y * y).mean(-1)  # [B, C]

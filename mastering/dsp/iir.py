@@ -17,18 +17,55 @@ coefficients, and runs as a few large matmuls on CPU or GPU.
 
 The filter state is the state vector ``s`` of that state-space form, shaped
 ``[..., 2 * n_sections]``; pass the returned state back in to filter a signal in chunks.
+
+Everything that depends on the coefficients only (the state space, the matrix powers, the
+Toeplitz and block matrices of every level) is memoized per ``sos`` tensor when that tensor
+does not require gradients: a filter applied block after block (streaming), or a fixed design
+applied to song after song, pays for its tables once. On a GPU those tables are most of the
+kernel launches of a short call: 243 of a 4,096-sample DC blocker's, for example, against
+about 30 for the signal itself. The memo holds the tensor weakly (it goes when the tensor
+does) and is dropped if the tensor is modified in place.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
 #: Block length of the first level. ``L`` multiply-adds per sample for the zero-state part;
 #: 64 keeps that cheap while making the next level 64x shorter.
 BLOCK = 64
 #: Below this many steps a recurrence is solved with a plain loop.
 _DIRECT_STEPS = 16
+
+#: Coefficient tables per ``sos`` tensor (see the module docstring).
+_MEMO: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+Memo = dict[Any, Any]
+
+
+def _memo_for(sos: Tensor) -> Memo | None:
+    """The table memo of ``sos``, or ``None`` when its tables must be rebuilt on every call
+    (``sos`` requires gradients, so the tables must be part of the autograd graph)."""
+    if sos.requires_grad:
+        return None
+    entry = _MEMO.get(sos)
+    if entry is None or entry["version"] != sos._version:
+        entry = {"version": sos._version}
+        _MEMO[sos] = entry
+    return entry
+
+
+def _cached(memo: Memo | None, key: Any, build):
+    """``build()``, memoized under ``key`` in ``memo`` when there is one."""
+    if memo is None:
+        return build()
+    if key not in memo:
+        memo[key] = build()
+    return memo[key]
 
 
 def sos_to_statespace(sos: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -96,13 +133,17 @@ def _matrix_powers(M: Tensor, count: int, dtype: torch.dtype) -> Tensor:
     return powers[..., :count, :, :].to(dtype)
 
 
-def linear_recurrence(u: Tensor, M: Tensor, s0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def linear_recurrence(
+    u: Tensor, M: Tensor, s0: Tensor | None = None, memo: Memo | None = None
+) -> tuple[Tensor, Tensor]:
     """Solve ``s[k+1] = M s[k] + u[k]`` for all ``k`` without a per-step Python loop.
 
     Args:
         u: inputs ``[..., K, N]``.
         M: transition matrix ``[..., N, N]`` (leading dims broadcast against ``u``'s).
         s0: start state ``[..., N]`` (zeros if ``None``).
+        memo: a dict that keeps ``M``'s tables between calls (``None``: rebuilt each call);
+            the caller guarantees that the same memo always comes with the same ``M``.
 
     Returns:
         ``(states, final)``: ``states [..., K, N]`` holds ``s[k]`` (the state *before* step
@@ -125,16 +166,14 @@ def linear_recurrence(u: Tensor, M: Tensor, s0: Tensor | None = None) -> tuple[T
     if pad:
         u = torch.nn.functional.pad(u, (0, 0, 0, pad))
     ub = u.reshape(*lead, K2, L, n)
-    powers = _matrix_powers(M, L + 1, u.dtype)  # M^0 .. M^L
-    # Within a block, the zero-start state before step j is sum_{i<j} M^(j-1-i) u[i].
-    idx = torch.arange(L, device=u.device)
-    lag = idx.view(L, 1) - 1 - idx.view(1, L)  # [j, i]
-    mask = (lag >= 0).to(u.dtype)
-    P = powers[..., lag.clamp(min=0), :, :] * mask.view(L, L, 1, 1)  # [..., L, L, N, N]
+    # Tables are kept only for full-length blocks, so a memo holds a bounded set of them.
+    level = memo.setdefault(("level", L, u.dtype), {}) if memo is not None and L == BLOCK else None
+    powers, P, G = _cached(level, "tables", lambda: _recurrence_tables(M, L, u.dtype))
     local = torch.einsum("...jimn,...kin->...kjm", P, ub)  # [..., K2, L, N]
     # End-of-block zero-start state, then the block-start states one level up.
-    block_in = torch.einsum("...imn,...kin->...km", powers[..., L - 1 - idx, :, :], ub)
-    starts, final = linear_recurrence(block_in, powers[..., L, :, :], s)
+    block_in = torch.einsum("...imn,...kin->...km", G, ub)
+    up = None if level is None else level.setdefault("up", {})
+    starts, final = linear_recurrence(block_in, powers[..., L, :, :], s, up)
     # State before step j of block k: M^j S_k + local[k, j].
     states = torch.einsum("...jmn,...kn->...kjm", powers[..., :L, :, :], starts) + local
     states = states.reshape(*lead, K2 * L, n)
@@ -146,6 +185,18 @@ def linear_recurrence(u: Tensor, M: Tensor, s0: Tensor | None = None) -> tuple[T
     return states, final
 
 
+def _recurrence_tables(M: Tensor, L: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """For blocks of ``L`` steps of ``s -> M s + u``: the powers ``M^0 .. M^L``
+    ``[..., L + 1, N, N]``, the masked lag table ``P [..., L, L, N, N]`` (``M^(j-1-i)`` for
+    ``i < j``, else 0) and ``G [..., L, N, N]`` (``M^(L-1-i)``), all in ``dtype``."""
+    powers = _matrix_powers(M, L + 1, dtype)  # M^0 .. M^L
+    idx = torch.arange(L, device=M.device)
+    lag = idx.view(L, 1) - 1 - idx.view(1, L)  # [j, i]
+    mask = (lag >= 0).to(dtype)
+    P = powers[..., lag.clamp(min=0), :, :] * mask.view(L, L, 1, 1)
+    return powers, P, powers[..., L - 1 - idx, :, :]
+
+
 def statespace_filter(
     x: Tensor,
     A: Tensor,
@@ -154,6 +205,7 @@ def statespace_filter(
     D: Tensor,
     state: Tensor | None = None,
     block: int = BLOCK,
+    memo: Memo | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Filter ``x [..., T]`` by the state-space system ``(A, B, C, D)`` exactly.
 
@@ -163,6 +215,8 @@ def statespace_filter(
             ``[..., N]``, ``[...]``); leading dims broadcast against ``x``'s.
         state: start state ``[..., N]`` or ``None`` for zeros.
         block: first-level block length ``L``.
+        memo: a dict that keeps the system's tables between calls (``None``: rebuilt); the
+            caller guarantees that the same memo always comes with the same system.
 
     Returns:
         ``(y [..., T], final_state [..., N])``.
@@ -170,7 +224,6 @@ def statespace_filter(
     T = x.shape[-1]
     n = A.shape[-1]
     dtype = x.dtype
-    A, B, C, D = (t.to(torch.float64) for t in (A, B, C, D))
     if T == 0:
         lead = torch.broadcast_shapes(x.shape[:-1], A.shape[:-2])
         s = x.new_zeros(*lead, n) if state is None else state.expand(*lead, n)
@@ -181,19 +234,11 @@ def statespace_filter(
     xp = torch.nn.functional.pad(x, (0, pad)) if pad else x
     xb = xp.reshape(*x.shape[:-1], K, L)
 
-    powers = _matrix_powers(A, L + 1, torch.float64)  # A^0 .. A^L  [..., L+1, N, N]
-    CA = (C.unsqueeze(-2).unsqueeze(-3) @ powers).squeeze(-2)  # C A^n   [..., L+1, N]
-    AB = (powers @ B.unsqueeze(-1).unsqueeze(-3)).squeeze(-1)  # A^n B   [..., L+1, N]
-    # Impulse response h[0] = D, h[n] = C A^(n-1) B.
-    h = torch.cat([D.unsqueeze(-1), (CA[..., : L - 1, :] * B.unsqueeze(-2)).sum(-1)], dim=-1)
-    idx = torch.arange(L, device=x.device)
-    lag = idx.view(L, 1) - idx.view(1, L)
-    H = h[..., lag.clamp(min=0)] * (lag >= 0)  # [..., L, L] lower-triangular Toeplitz
-    G = AB[..., L - 1 - idx, :]  # [..., L, N]: contribution of x[j] to the block-end state
-    H, G, CA, AB, powers = (t.to(dtype) for t in (H, G, CA, AB, powers))
-
+    level = memo.setdefault(("filter", L, dtype), {}) if memo is not None else None
+    H, G, CA, AB, powers = _cached(level, "tables", lambda: _filter_tables(A, B, C, D, L, dtype))
     u = xb @ G  # [..., K, N]
-    starts, final = linear_recurrence(u, powers[..., L, :, :], state)
+    up = None if level is None else level.setdefault("up", {})
+    starts, final = linear_recurrence(u, powers[..., L, :, :], state, up)
     # Zero-input response of each block plus its zero-state response, in one fused GEMM.
     starts = starts.contiguous()
     if H.dim() == 2 and starts.shape[:-1] == xb.shape[:-1]:
@@ -210,10 +255,31 @@ def statespace_filter(
         last_start = starts[..., K - 1, :]
         x_last = xb[..., K - 1, :r]
         Ar = powers[..., r, :, :]
+        idx = torch.arange(r, device=x.device)
         final = (Ar @ last_start.unsqueeze(-1)).squeeze(-1) + (
-            x_last.unsqueeze(-1) * AB[..., r - 1 - idx[:r], :]
+            x_last.unsqueeze(-1) * AB[..., r - 1 - idx, :]
         ).sum(-2)
     return y, final
+
+
+def _filter_tables(
+    A: Tensor, B: Tensor, C: Tensor, D: Tensor, L: int, dtype: torch.dtype
+) -> tuple[Tensor, ...]:
+    """Blocks of ``L`` samples of the system: the Toeplitz matrix ``H [..., L, L]`` of its
+    impulse response, ``G [..., L, N]`` (each input sample's share of the block-end state),
+    ``C A^n`` and ``A^n B`` ``[..., L + 1, N]`` and the powers ``A^0 .. A^L``, in ``dtype``
+    (built in float64)."""
+    A, B, C, D = (t.to(torch.float64) for t in (A, B, C, D))
+    powers = _matrix_powers(A, L + 1, torch.float64)  # A^0 .. A^L  [..., L+1, N, N]
+    CA = (C.unsqueeze(-2).unsqueeze(-3) @ powers).squeeze(-2)  # C A^n   [..., L+1, N]
+    AB = (powers @ B.unsqueeze(-1).unsqueeze(-3)).squeeze(-1)  # A^n B   [..., L+1, N]
+    # Impulse response h[0] = D, h[n] = C A^(n-1) B.
+    h = torch.cat([D.unsqueeze(-1), (CA[..., : L - 1, :] * B.unsqueeze(-2)).sum(-1)], dim=-1)
+    idx = torch.arange(L, device=A.device)
+    lag = idx.view(L, 1) - idx.view(1, L)
+    H = h[..., lag.clamp(min=0)] * (lag >= 0)  # [..., L, L] lower-triangular Toeplitz
+    G = AB[..., L - 1 - idx, :]  # [..., L, N]: contribution of x[j] to the block-end state
+    return tuple(t.to(dtype) for t in (H, G, CA, AB, powers))
 
 
 def sosfilt(
@@ -238,6 +304,13 @@ def sosfilt(
     Returns:
         ``y`` with the broadcast shape of ``x``, or ``(y, state)``.
     """
-    A, B, C, D = sos_to_statespace(sos.to(torch.float64) if sos.dtype != x.dtype else sos)
-    y, final = statespace_filter(x, A, B, C, D, state, block=block)
+    memo = _memo_for(sos)
+    A, B, C, D = _cached(
+        memo,
+        "statespace",
+        lambda: sos_to_statespace(sos.to(torch.float64) if sos.dtype != x.dtype else sos),
+    )
+    y, final = statespace_filter(
+        x, A, B, C, D, state, block=block, memo=None if memo is None else memo.setdefault(block, {})
+    )
     return (y, final) if return_state else y

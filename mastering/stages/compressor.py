@@ -24,6 +24,7 @@ No look-ahead: latency 0.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import torch
@@ -71,10 +72,16 @@ _SCALARS = ("threshold_db", "ratio", "knee_db", "attack_ms", "release_ms", "make
 
 def _sidechain_sos(like: Tensor) -> Tensor:
     """The sidechain high-pass as one sos row ``[1, 6]`` on ``like``'s device (float64)."""
+    return _sidechain_sos_on(like.device)
+
+
+@functools.lru_cache(maxsize=8)
+def _sidechain_sos_on(device: torch.device) -> Tensor:
+    """One read-only tensor per device, so the IIR engine builds its tables once."""
     return (
         highpass_sos(SIDECHAIN_HPF_HZ, BUTTERWORTH_Q, SAMPLE_RATE)
         .reshape(1, 6)
-        .to(device=like.device, dtype=torch.float64)
+        .to(device=device, dtype=torch.float64)
     )
 
 

@@ -411,14 +411,18 @@ class EQ(Stage):
     def process(self, x: Tensor, params: Params, state: Any = None) -> tuple[Tensor, Any]:
         """Filter ``x [batch, 2, n]``; output delayed by :meth:`latency` samples.
 
-        ``state``: the last ``n_taps - 1`` mid/side input samples (``None`` at the start)."""
-        taps = self.taps({k: v.to(x.dtype) for k, v in params.items()})
+        ``state``: the last ``n_taps - 1`` mid/side input samples and the taps, designed on
+        the first block and kept (``None`` at the start)."""
+        if state is None:
+            taps, hist = self.taps({k: v.to(x.dtype) for k, v in params.items()}), None
+        else:
+            taps, hist = state["taps"], state["history"]
 
         def op(buf: Tensor) -> Tensor:
             return fft_convolve(buf, taps)[..., : buf.shape[-1]]
 
-        y, hist = apply_with_history(to_mid_side(x), state, op, past=self.n_taps - 1)
-        return from_mid_side(y), hist
+        y, hist = apply_with_history(to_mid_side(x), hist, op, past=self.n_taps - 1)
+        return from_mid_side(y), {"history": hist, "taps": taps}
 
     def latency(self, params: Params) -> int:
         return (self.n_taps - 1) // 2

@@ -247,19 +247,25 @@ class Imager(Stage):
     def _split(self, x: Tensor, mono_hz: Tensor, state: dict | None) -> tuple[Tensor, dict]:
         """``[batch, 7, n]`` = M, mid bands 1-3, side bands 1-3 (side high-passed first)."""
         ms = to_mid_side(x)
-        freqs = torch.cat(
-            [mono_hz, mono_hz.new_tensor(UPPER_CROSSOVERS_HZ).expand(mono_hz.shape[0], 2)], -1
-        )
-        hp = linkwitz_riley_sos(mono_hz, "highpass")  # [b, 1, 2, 6]
-        st_hp, st_x = (None, None) if state is None else (state["hp"], state["xover"])
+        if state is None:
+            st_hp, st_x = None, None
+            freqs = torch.cat(
+                [mono_hz, mono_hz.new_tensor(UPPER_CROSSOVERS_HZ).expand(mono_hz.shape[0], 2)],
+                -1,
+            )
+            hp = linkwitz_riley_sos(mono_hz, "highpass")  # [b, 1, 2, 6]
+            # Bands 1-3 only (band 0 of the side is dropped; the mid's is not needed).
+            bands_sos = crossover_band_sos(freqs.unsqueeze(1))[1:]  # [3, b, 1, sections, 6]
+        else:
+            # A stream keeps its designs: the IIR engine then reuses their tables too.
+            st_hp, st_x = state["hp"], state["xover"]
+            hp, bands_sos = state["sos"]
         side, st_hp = sosfilt(ms[:, 1:], hp, st_hp, return_state=True)
-        # Bands 1-3 only (band 0 of the side is dropped; the mid's is not needed).
-        bands_sos = crossover_band_sos(freqs.unsqueeze(1))[1:]  # [3, b, 1, sections, 6]
         z = torch.cat([ms[:, :1], side], dim=1).unsqueeze(0)  # [1, b, 2, n]
         bands, st_x = sosfilt(z, bands_sos, st_x, return_state=True)
         mids, sides = bands[:, :, 0].transpose(0, 1), bands[:, :, 1].transpose(0, 1)
         out = torch.cat([ms[:, :1], mids, sides], dim=1)
-        return out, {"hp": st_hp, "xover": st_x}
+        return out, {"hp": st_hp, "xover": st_x, "sos": (hp, bands_sos)}
 
     def process(self, x: Tensor, params: Params, state: Any = None) -> tuple[Tensor, Any]:
         """Image ``x [batch, 2, n]``; output delayed by :data:`LATENCY` samples.
