@@ -40,7 +40,7 @@ from mastering import SAMPLE_RATE
 from mastering.adapter_folder import GenreAdapters
 from mastering.chain import Chain, ChainState
 from mastering.conditioning import Conditioning, ConditioningBatch
-from mastering.dsp import saturation
+from mastering.dsp.warmup import warm_up
 from mastering.errors import LacquerError
 from mastering.grouping import equal_length_groups
 from mastering.io import WRITE_FORMATS, quantize_tensor, read_audio, write_audio
@@ -176,8 +176,7 @@ class StageWorker:
         self.keep_on_device = keep_on_device
         self.device = torch.device(_device_for_this_worker())
         self.chain = Chain.pretrained(options.chain_config()).to(self.device)
-        if "exciter" in self.stages:
-            saturation.warm_up(self.device)  # compile its GPU kernel while starting
+        warm_up(self.device)  # compile the fused GPU kernels while starting
         self.batches = 0
         #: Threads that decode and encode files: the CPUs Ray gave this worker.
         self.io_threads = _assigned_cpus()

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from mastering.chain import Chain
-from mastering.dsp import saturation
+from mastering.dsp.warmup import warm_up
 from mastering.evaluation import Evaluation, Evaluator
 from mastering.grouping import equal_length_groups
 from mastering.loudness import measure_batch
@@ -49,8 +49,7 @@ class GroupRunner:
         self.first, self.last = first, last
         self.device = device
         self._evaluator: Evaluator | None = None
-        if "exciter" in self.stages:
-            saturation.warm_up(device)  # compile its GPU kernel while the replica starts
+        warm_up(device)  # compile the fused GPU kernels while the replica starts
 
     @property
     def name(self) -> str:

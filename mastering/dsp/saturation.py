@@ -19,27 +19,25 @@ exciter's two nonlinearities are members:
 
 The curves run on signals oversampled 4x, where memory traffic is the cost. The eager form
 takes six passes over ``u``; on CUDA, when no gradient is wanted and Triton is importable
-(the GPU machines have it; ``LACQUER_FUSED=0`` turns it off), one Triton kernel reads ``u``
-once and writes ``y`` once. Both evaluate the same formula in float32; they agree to float
-rounding (a CUDA test checks it).
+(the GPU machines have it; ``LACQUER_FUSED=0`` turns it off; see :mod:`mastering.dsp._fused`),
+one Triton kernel reads ``u`` once and writes ``y`` once. Both evaluate the same formula in
+float32; they agree to float rounding (a CUDA test checks it).
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import math
-import os
 
 import torch
 from torch import Tensor
 
+from mastering.dsp import _fused as _fused_policy
+
 #: Samples per Triton program.
 _BLOCK = 2048
-
-logger = logging.getLogger(__name__)
-#: Set when the fused kernel failed once (compilation, launch): the eager form from then on.
-_broken: list[str] = []
+#: This kernel's name in :mod:`mastering.dsp._fused`'s policy.
+KERNEL = "saturation"
 
 
 def tanh_curve(u: Tensor, a: Tensor, b: Tensor, c: Tensor, e: Tensor) -> Tensor:
@@ -53,12 +51,14 @@ def tanh_curve(u: Tensor, a: Tensor, b: Tensor, c: Tensor, e: Tensor) -> Tensor:
     Returns:
         ``[..., L]``, differentiable (the fused kernel is used only without gradients).
     """
-    if _fusable(u, a, b, c, e):
-        try:
-            return _fused(u, a, b, c, e)
-        except Exception as exc:  # a kernel that cannot compile here must not stop a master
-            _broken.append(repr(exc))
-            logger.warning("fused saturation kernel unavailable, using the eager form: %r", exc)
+    if _fused_policy.fusable(KERNEL, u, a, b, c, e) and _kernel() is not None:
+        return _fused_policy.run(
+            KERNEL, lambda: _fused(u, a, b, c, e), lambda: _eager(u, a, b, c, e)
+        )
+    return _eager(u, a, b, c, e)
+
+
+def _eager(u: Tensor, a: Tensor, b: Tensor, c: Tensor, e: Tensor) -> Tensor:
     t = torch.mul(u, c).tanh_()
     q = torch.div(t, torch.addcmul(torch.ones_like(b), t, b))  # t / (1 + b t)
     return torch.addcmul(torch.mul(q, a), u, e, value=-1.0)
@@ -91,22 +91,12 @@ def warm_up(device: torch.device | str) -> bool:
     with torch.no_grad():
         tanh_curve(u, ones, 0.5 * ones, ones, ones)
         tanh_curve(u[..., :4095], ones, 0.5 * ones, ones, ones)  # the other length class
-    return _fusable(u, ones)
+    return _fused_policy.fusable(KERNEL, u, ones) and _kernel() is not None
 
 
 # --------------------------------------------------------------------------------------------
 # Fused CUDA kernel
 # --------------------------------------------------------------------------------------------
-
-
-def _fusable(u: Tensor, *coefficients: Tensor) -> bool:
-    if not u.is_cuda or u.dtype != torch.float32 or u.numel() == 0:
-        return False
-    if os.environ.get("LACQUER_FUSED", "1") == "0" or _broken:
-        return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (u, *coefficients)):
-        return False
-    return _kernel() is not None
 
 
 @functools.cache

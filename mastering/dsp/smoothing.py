@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mastering import SAMPLE_RATE
+from mastering.dsp import _fused, _fused_scan
 from mastering.dsp._scan import LINEAR, MAX_AFFINE, scan
 from mastering.dsp._util import TensorLike, as_tensors
 from mastering.dsp.iir import sosfilt
@@ -338,7 +339,34 @@ def _decoupled_peak(x, a_att, a_rel, state, lead, return_state):
     states = x.new_zeros(*lead, 2) if state is None else state.to(x).expand(*lead, 2)
     if x.shape[-1] == 0:
         return _with_state(x, states, return_state)
+    if (
+        a_att.shape[-1] == 1
+        and a_rel.shape[-1] == 1
+        and _fused.fusable(_fused_scan.KERNEL, x, a_att, a_rel, states)
+    ):
+        # One Triton launch per branch for a streamed block (see ``_fused_scan``).
+        release, y = _fused.run(
+            _fused_scan.KERNEL,
+            lambda: _decoupled_fused(x, a_att, a_rel, states),
+            lambda: _decoupled_eager(x, a_att, a_rel, states),
+        )
+    else:
+        release, y = _decoupled_eager(x, a_att, a_rel, states)
+    return _with_state(y, torch.cat([release[..., -1:], y[..., -1:]], dim=-1), return_state)
+
+
+def _decoupled_eager(x, a_att, a_rel, states):
     a_rel_t = a_rel.expand_as(x)
     release = scan((x, a_rel_t, (1.0 - a_rel_t) * x), states[..., 0], MAX_AFFINE)
-    y, y_last = one_pole(release, a_att.squeeze(-1), states[..., 1:], return_state=True)
-    return _with_state(y, torch.cat([release[..., -1:], y_last], dim=-1), return_state)
+    # The attack smoother is the same scan's linear family: no filter tables to build, which
+    # a stream would otherwise pay on every block (its poles are new tensors each call).
+    a_att_t = a_att.expand_as(x)
+    return release, scan((a_att_t, (1.0 - a_att_t) * release), states[..., 1], LINEAR)
+
+
+def _decoupled_fused(x, a_att, a_rel, states):
+    lead = x.shape[:-1]
+    release = _fused_scan.pole_scan(x, a_rel[..., 0].expand(lead), states[..., 0], "release_peak")
+    return release, _fused_scan.pole_scan(
+        release, a_att[..., 0].expand(lead), states[..., 1], "one_pole"
+    )
