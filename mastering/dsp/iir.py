@@ -38,8 +38,9 @@ from torch.utils.weak import WeakIdKeyDictionary
 #: Block length of the first level. ``L`` multiply-adds per sample for the zero-state part;
 #: 64 keeps that cheap while making the next level 64x shorter.
 BLOCK = 64
-#: Below this many steps a recurrence is solved with a plain loop.
-_DIRECT_STEPS = 16
+#: Up to this many steps a recurrence is solved with a plain loop (two operations a step; a
+#: level of blocking is about a dozen).
+_DIRECT_STEPS = 4
 
 #: Coefficient tables per ``sos`` tensor (see the module docstring).
 _MEMO: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -160,14 +161,15 @@ def linear_recurrence(
             s = (M @ s.unsqueeze(-1)).squeeze(-1) + u[..., k, :]
         return torch.stack(states, dim=-2), s
 
-    L = min(BLOCK, K)
+    # Always blocks of BLOCK steps (a short recurrence is one zero-padded block): one set of
+    # tables per level whatever K is, so a memo stays small and always hits.
+    L = BLOCK
     K2 = -(-K // L)
     pad = K2 * L - K
     if pad:
         u = torch.nn.functional.pad(u, (0, 0, 0, pad))
     ub = u.reshape(*lead, K2, L, n)
-    # Tables are kept only for full-length blocks, so a memo holds a bounded set of them.
-    level = memo.setdefault(("level", L, u.dtype), {}) if memo is not None and L == BLOCK else None
+    level = memo.setdefault(("level", u.dtype), {}) if memo is not None else None
     powers, P, G = _cached(level, "tables", lambda: _recurrence_tables(M, L, u.dtype))
     local = torch.einsum("...jimn,...kin->...kjm", P, ub)  # [..., K2, L, N]
     # End-of-block zero-start state, then the block-start states one level up.

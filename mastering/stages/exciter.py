@@ -221,8 +221,12 @@ class Exciter(Stage):
         M = self.factor
         # Without gradients, an all-zero tape (or LoFi) amount makes its path an exact
         # identity: skip it (the full band is then not oversampled: a quarter of the work).
-        use_tape = not _bypassable(params["tape"])
-        use_lofi = not _bypassable(params["lofi"])
+        # A stream decides on its first block (reading the amounts waits for the device).
+        if "use" in state:
+            use_tape, use_lofi = state["use"]
+        else:
+            use_tape = not _bypassable(params["tape"])
+            use_lofi = not _bypassable(params["lofi"])
 
         def op(buf: Tensor) -> Tensor:
             # Each oversampled nonlinearity is one blocked round trip (resample.oversampled_apply).
@@ -249,7 +253,13 @@ class Exciter(Stage):
                 quantize_ste(y, bits), self.lofi_sos.to(dt), s_lofi, return_state=True
             )
             y = y + lofi * (lp - y)
-        return y, {"xover": s_xover, "history": hist, "post": s_post, "lofi": s_lofi}
+        return y, {
+            "xover": s_xover,
+            "history": hist,
+            "post": s_post,
+            "lofi": s_lofi,
+            "use": (use_tape, use_lofi),
+        }
 
     def latency(self, params: Params) -> int:
         return LATENCY
