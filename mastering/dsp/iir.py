@@ -170,15 +170,13 @@ def linear_recurrence(
         u = torch.nn.functional.pad(u, (0, 0, 0, pad))
     ub = u.reshape(*lead, K2, L, n)
     level = memo.setdefault(("level", u.dtype), {}) if memo is not None else None
-    powers, P, G = _cached(level, "tables", lambda: _recurrence_tables(M, L, u.dtype))
-    local = torch.einsum("...jimn,...kin->...kjm", P, ub)  # [..., K2, L, N]
+    M_L, P, G, W = _cached(level, "tables", lambda: _recurrence_tables(M, L, u.dtype))
+    ub = ub.flatten(-2)  # [..., K2, L * N], sample-major
     # End-of-block zero-start state, then the block-start states one level up.
-    block_in = torch.einsum("...imn,...kin->...km", G, ub)
     up = None if level is None else level.setdefault("up", {})
-    starts, final = linear_recurrence(block_in, powers[..., L, :, :], s, up)
-    # State before step j of block k: M^j S_k + local[k, j].
-    states = torch.einsum("...jmn,...kn->...kjm", powers[..., :L, :, :], starts) + local
-    states = states.reshape(*lead, K2 * L, n)
+    starts, final = linear_recurrence(ub @ G, M_L, s, up)
+    # State before step j of block k: M^j S_k plus the zero-start state (one GEMM each).
+    states = torch.matmul(starts, W).add_(ub @ P).reshape(*lead, K2 * L, n)
     if pad:
         # ``final`` includes the padded zero-input steps: take the state after step K-1.
         last = states[..., K - 1, :]
@@ -187,16 +185,28 @@ def linear_recurrence(
     return states, final
 
 
-def _recurrence_tables(M: Tensor, L: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """For blocks of ``L`` steps of ``s -> M s + u``: the powers ``M^0 .. M^L``
-    ``[..., L + 1, N, N]``, the masked lag table ``P [..., L, L, N, N]`` (``M^(j-1-i)`` for
-    ``i < j``, else 0) and ``G [..., L, N, N]`` (``M^(L-1-i)``), all in ``dtype``."""
-    powers = _matrix_powers(M, L + 1, dtype)  # M^0 .. M^L
+def _recurrence_tables(M: Tensor, L: int, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """For blocks of ``L`` steps of ``s -> M s + u``, as matrices over a block's inputs
+    flattened sample-major (``[..., L * N]``), all in ``dtype`` (powers in float64):
+
+    * ``M^L [..., N, N]``: the transition from block start to block start;
+    * ``P [..., L*N, L*N]``: inputs -> zero-start state before each step
+      (``M^(j-1-i)`` from input ``i`` to step ``j > i``);
+    * ``G [..., L*N, N]``: inputs -> zero-start state after the block (``M^(L-1-i)``);
+    * ``W [..., N, L*N]``: block-start state -> its part of the state before each step
+      (``M^j``).
+    """
+    powers = _matrix_powers(M, L + 1, dtype)  # M^0 .. M^L  [..., L+1, N, N]
+    n = M.shape[-1]
+    lead = powers.shape[:-3]
     idx = torch.arange(L, device=M.device)
     lag = idx.view(L, 1) - 1 - idx.view(1, L)  # [j, i]
     mask = (lag >= 0).to(dtype)
-    P = powers[..., lag.clamp(min=0), :, :] * mask.view(L, L, 1, 1)
-    return powers, P, powers[..., L - 1 - idx, :, :]
+    P = powers[..., lag.clamp(min=0), :, :] * mask.view(L, L, 1, 1)  # [..., j, i, m, n']
+    P = P.permute(*range(len(lead)), -3, -1, -4, -2).reshape(*lead, L * n, L * n)
+    G = powers[..., L - 1 - idx, :, :].transpose(-1, -2).reshape(*lead, L * n, n)
+    W = powers[..., :L, :, :].permute(*range(len(lead)), -1, -3, -2).reshape(*lead, n, L * n)
+    return powers[..., L, :, :], P.contiguous(), G.contiguous(), W.contiguous()
 
 
 def statespace_filter(
