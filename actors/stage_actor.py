@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from actors.io_tasks import IOTasks
 from actors.retry_step import retry_weak_songs
 from mastering import SAMPLE_RATE
 from mastering.adapter_folder import GenreAdapters
@@ -156,6 +157,10 @@ class StageWorker:
         retry: auto-retry policy of the last worker (``None``: off; :mod:`actors.retry_step`).
         adapter_dir: folder of ``genre-<genre>`` adapters; each batch (of one genre) runs
             with its genre's (:class:`mastering.adapter_folder.GenreAdapters`).
+        io_scheduling: a Ray scheduling strategy (this worker's placement-group bundle): the
+            first worker decodes and the last writes in Ray tasks placed with it
+            (:mod:`actors.io_tasks`), not in this process's threads. ``None``: threads.
+        io_slots: CPUs those tasks have (their processes are started with the worker).
     """
 
     def __init__(
@@ -169,6 +174,8 @@ class StageWorker:
         keep_on_device: bool = False,
         retry: RetryPolicy | None = None,
         adapter_dir: str | None = None,
+        io_scheduling: Any = None,
+        io_slots: int = 1,
     ):
         self.stages = tuple(stages)
         self.options = options
@@ -190,6 +197,10 @@ class StageWorker:
         self._evaluator = None
         self.retry = retry
         self.adapters = None if adapter_dir is None else GenreAdapters(adapter_dir)
+        use_tasks = io_scheduling is not None and (first or last) and _in_ray_actor()
+        self.io_tasks = IOTasks(io_scheduling) if use_tasks else None
+        if self.io_tasks is not None:
+            self.io_tasks.warm_up(io_slots)
 
     # -- facts about this worker ---------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -253,6 +264,8 @@ class StageWorker:
         per song ``((audio, info) | its LacquerError, seconds)``; on a GPU worker the audio is
         put in page-locked memory (a faster, asynchronous copy to the device). Host only."""
         pin = self.device.type == "cuda"
+        if self.io_tasks is not None:
+            return self.io_tasks.decode([spec.input_path for spec in specs], pin)
         with ThreadPoolExecutor(min(self.io_threads, max(1, len(specs)))) as pool:
             return list(pool.map(lambda spec: _decode(spec, pin), specs))
 
@@ -381,8 +394,21 @@ class StageWorker:
                 return exc, time.perf_counter() - t0
             return dest, time.perf_counter() - t0
 
-        with ThreadPoolExecutor(min(self.io_threads, max(1, n))) as pool:
-            written = list(pool.map(write, range(n)))
+        if self.io_tasks is not None:
+            written = self.io_tasks.write(
+                [
+                    (
+                        finished.audio[i, :, : batch.lengths[i]],
+                        batch.songs[i].output_path,
+                        self.options.out_rate or batch.source_rates[i],
+                        self.options.format,
+                    )
+                    for i in range(n)
+                ]
+            )
+        else:
+            with ThreadPoolExecutor(min(self.io_threads, max(1, n))) as pool:
+                written = list(pool.map(write, range(n)))
         for i, (spec, (dest, seconds)) in enumerate(zip(batch.songs, written, strict=True)):
             if isinstance(dest, LacquerError):
                 results.append(SongResult(spec.song_id, ok=False, error=str(dest)))

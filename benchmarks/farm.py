@@ -97,6 +97,7 @@ def farm(
     cpus_per_worker: float = 1.0,
     overlap: int = 3,
     retry: bool = False,
+    io: str = "threads",
 ):
     """(summary, start-up seconds, mean per-song breakdown) of one farm run."""
     import pyarrow.parquet as pq
@@ -113,6 +114,7 @@ def farm(
         cpus_per_group=cpus_per_worker,
         overlap=overlap,
         retry=RetryPolicy() if retry else None,
+        io=io,
     )
     job = RenderJob(songs_from_files(paths), config)
     t = time.perf_counter()
@@ -155,9 +157,13 @@ def pedalboard_all_cores(paths: list[Path], out: Path) -> float | None:
         return time.perf_counter() - t
 
 
-def _label(mode: str, overlap: int, overlaps: list[int]) -> str:
-    """Row name of a farm run (the overlap shown only when several are compared)."""
-    return f"farm {mode}" + (f" overlap {overlap}" if len(overlaps) > 1 else "")
+def _label(mode: str, overlap: int, overlaps: list[int], io: str, ios: list[str]) -> str:
+    """Row name of a farm run (overlap and io shown only when several are compared)."""
+    return (
+        f"farm {mode}"
+        + (f" overlap {overlap}" if len(overlaps) > 1 else "")
+        + (f" io {io}" if len(ios) > 1 else "")
+    )
 
 
 def print_breakdown(rows, stages) -> None:
@@ -200,12 +206,19 @@ def main() -> None:
         "comma-separated to compare, e.g. 1,3",
     )
     ap.add_argument(
+        "--io",
+        default="threads",
+        help="where workers decode/write: threads, tasks (Ray tasks on the worker's CPUs; "
+        "needs --cpus-per-worker >= 2), comma-separated to compare",
+    )
+    ap.add_argument(
         "--retry",
         action="store_true",
         help="auto-retry on (the default policy, as `lacquer render` without a tuned one)",
     )
     args = ap.parse_args()
     overlaps = [int(o) for o in args.overlap.split(",")]
+    ios = args.io.split(",")
     gpu_counts = [int(g) for g in args.gpus.split(",")]
     modes = args.mode.split(",")
     cuda = args.device == "cuda"
@@ -236,8 +249,8 @@ def main() -> None:
         breakdown = []
         with ray_session(None, num_gpus=num_gpus, num_cpus=num_cpus):
             ray_start = time.perf_counter() - t0
-            for mode, overlap, gpus in itertools.product(modes, overlaps, gpu_counts):
-                out = tmp / f"farm-{mode}-{overlap}-{gpus}"
+            for mode, overlap, io, gpus in itertools.product(modes, overlaps, ios, gpu_counts):
+                out = tmp / f"farm-{mode}-{overlap}-{io}-{gpus}"
                 summary, startup, steps = farm(
                     paths,
                     out,
@@ -249,9 +262,10 @@ def main() -> None:
                     args.cpus_per_worker,
                     overlap,
                     args.retry,
+                    io,
                 )
                 assert summary.done == args.songs, summary.lines()
-                name = _label(mode, overlap, overlaps)
+                name = _label(mode, overlap, overlaps, io, ios)
                 note = f"actors up {startup:.1f} s"
                 if args.retry:
                     note += f", {summary.mean_attempts:.2f} attempts/song"
@@ -269,7 +283,9 @@ def main() -> None:
     for name, gpus, t, note in rows:
         print(f"{name:<34} {gpus:>4} {t:>8.2f} {args.songs / t:>8.2f} {audio_s / t:>8.1f}  {note}")
     by = {(n, g): t for n, g, t, _ in rows}
-    names = [_label(m, o, overlaps) for m, o in itertools.product(modes, overlaps)]
+    names = [
+        _label(m, o, overlaps, io, ios) for m, o, io in itertools.product(modes, overlaps, ios)
+    ]
     if not cuda:
         base = by[("chain in one process, 1 thread", "-")]
         for name in names:

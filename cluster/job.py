@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from actors import metrics
+from actors.io_tasks import IO_MODES
 from actors.placement import FarmPlan, PipelinePlan, plan_farm
 from actors.retry_step import first_attempt
 from actors.stage_actor import SongResult, SongSpec, StageWorker
@@ -103,7 +104,11 @@ class RenderConfig:
             tensors) or ``nccl`` (GPU tensors stay on the GPU).
         groups: stage groups per pipeline (default: one per GPU; see ``plan_farm``).
         costs: per-stage relative costs for grouping (default ``actors.placement.STAGE_COSTS``).
-        cpus_per_group: CPUs each worker reserves.
+        cpus_per_group: CPUs each worker reserves (its placement-group bundle).
+        io: where the first worker decodes and the last writes: ``threads`` (default) in
+            their own process, or ``tasks``: Ray tasks of one CPU each in the worker's bundle
+            (:mod:`actors.io_tasks`; the worker keeps one of ``cpus_per_group``, which must be
+            at least 2), so file work never holds the GIL the device thread needs.
         cpu_pipelines: pipelines when ``gpus == 0``.
         placement_timeout_s: how long to wait for the cluster to place a pipeline (or to
             re-place one whose worker died), s.
@@ -142,6 +147,7 @@ class RenderConfig:
     groups: int | None = None
     costs: Mapping[str, float] | None = None
     cpus_per_group: float = 1.0
+    io: str = "threads"
     cpu_pipelines: int = 1
     placement_timeout_s: float = 120.0
     checkpoint_interval_s: float = 1.0
@@ -170,6 +176,13 @@ class RenderConfig:
             )
         if self.overlap < 1:
             raise InvalidParameterError(f"overlap must be >= 1, got {self.overlap}")
+        if self.io not in IO_MODES:
+            raise InvalidParameterError(f"unknown io {self.io!r}; valid: {', '.join(IO_MODES)}")
+        if self.io == "tasks" and self.cpus_per_group < 2:
+            raise InvalidParameterError(
+                f"io='tasks' needs cpus_per_group >= 2 (one for the worker, the rest for its "
+                f"decode/write tasks), got {self.cpus_per_group:g}"
+            )
         if not self.max_padding >= 0.0:
             raise InvalidParameterError(f"max_padding must be >= 0, got {self.max_padding}")
         if self.transport != "object_store":
@@ -351,16 +364,21 @@ class RenderJob:
                 f"place it within {cfg.placement_timeout_s:g} s (free GPUs/CPUs too few)"
             ) from None
         last = len(p.groups) - 1
+
+        def bundle(g) -> PlacementGroupSchedulingStrategy:
+            return PlacementGroupSchedulingStrategy(
+                placement_group=pg, placement_group_bundle_index=g.bundle_index
+            )
+
+        tasks = cfg.io == "tasks"
         workers = [
             remote_cls.options(
-                num_cpus=g.num_cpus,
+                num_cpus=1 if tasks else g.num_cpus,
                 num_gpus=g.num_gpus,
                 max_concurrency=cfg.overlap,
                 max_restarts=cfg.max_restarts,
                 max_task_retries=0,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=pg, placement_group_bundle_index=g.bundle_index
-                ),
+                scheduling_strategy=bundle(g),
             ).remote(
                 g.stages,
                 cfg.options,
@@ -370,6 +388,8 @@ class RenderJob:
                 keep_on_device=cfg.transport == "nccl",
                 retry=cfg.retry if i == last else None,
                 adapter_dir=cfg.adapter_dir,
+                io_scheduling=bundle(g) if tasks else None,
+                io_slots=max(1, int(g.num_cpus) - 1),
             )
             for i, g in enumerate(p.groups)
         ]

@@ -16,6 +16,7 @@ import torch
 from cluster.inputs import SongInput, songs_from_files
 from cluster.job import RenderConfig, RenderJob
 from cluster.manifest import DONE, Manifest
+from mastering.errors import InvalidParameterError
 from mastering.io import read_audio, write_audio
 from mastering.loudness import integrated_loudness
 from mastering.render import MasterOptions
@@ -147,6 +148,31 @@ def test_poison_songs_fail_alone_with_their_errors(ray_cluster, tmp_path):
     assert all(manifest[s].error_kind == "input" for s in failures)
     assert all(manifest[s].attempts <= 1 for s in failures)  # no retries burnt on them
     assert [p.name for p in outputs_of(tmp_path / "out")] == [p.name for p in good]
+
+
+def test_io_in_tasks_writes_the_same_files_and_names_a_bad_one(ray_cluster, tmp_path):
+    """``io="tasks"``: the first worker's decoding and the last's writing run as Ray tasks in
+    the workers' bundles; the masters are byte-identical to the threads' and a corrupt file
+    still fails alone with its name."""
+    folder = tmp_path / "in"
+    good = write_songs(folder, 3)
+    corrupt = folder / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(200))
+    songs = songs_from_files([good[0], corrupt, good[1], good[2]], root=folder)
+    outs = {}
+    for io in ("threads", "tasks"):
+        config = RenderConfig(
+            tmp_path / io, gpus=2, batch=2, mode="pipeline", cpus_per_group=2, io=io
+        ).validate()
+        summary = RenderJob(songs, config).run()
+        assert (summary.done, summary.failed) == (3, 1), io
+        assert "corrupt.wav" in dict(summary.failures)["corrupt.wav"]
+        outs[io] = {p.name: p.read_bytes() for p in outputs_of(tmp_path / io)}
+        assert_no_partial_files(tmp_path / io)
+    assert sorted(outs["tasks"]) == [p.name for p in good]
+    assert outs["tasks"] == outs["threads"]
+    with pytest.raises(InvalidParameterError, match="cpus_per_group >= 2"):
+        RenderConfig(tmp_path / "x", io="tasks").validate()
 
 
 def test_stage_worker_killed_mid_job_restarts_and_every_song_is_done_once(ray_cluster, tmp_path):

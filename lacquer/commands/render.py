@@ -20,6 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from actors.io_tasks import IO_MODES
 from lacquer.commands.master import (
     AUDIO_EXTENSIONS,
     add_conditioning_arguments,
@@ -64,6 +65,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="how batches move between stage workers (default: the object store)",
     )
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per stage worker")
+    p.add_argument(
+        "--io",
+        choices=IO_MODES,
+        default="threads",
+        help="decode/write in the worker's threads (default) or in Ray tasks on its CPUs "
+        "(needs --cpus-per-worker >= 2)",
+    )
     add_conditioning_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_retry_arguments(p)
@@ -110,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         transport=args.transport,
         cpus_per_group=args.cpus_per_worker,
+        io=args.io,
         progress=False if args.no_progress else None,
         retry=retry_policy(args),
         adapter_dir=None if adapters is None else str(adapters.folder),
