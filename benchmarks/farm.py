@@ -157,6 +157,25 @@ def pedalboard_all_cores(paths: list[Path], out: Path) -> float | None:
         return time.perf_counter() - t
 
 
+def _io_one(args: tuple[str, str]) -> None:
+    from mastering.io import read_audio, write_audio
+
+    src, dst = args
+    write_audio(dst, read_audio(src)[0], format="wav24")
+
+
+def io_all_cores(paths: list[Path], out: Path) -> float:
+    """Seconds for the farm's file work alone over every file on all cores: decode each song
+    (``read_audio``) and write it back as 24-bit WAV, no DSP. The ceiling of any farm's
+    disk-to-disk throughput on this host."""
+    jobs = [(str(p), str(out / p.name)) for p in paths]
+    with mp.get_context("spawn").Pool(os.cpu_count()) as pool:
+        pool.map(_io_one, jobs[: os.cpu_count()], chunksize=1)  # warm-up: imports
+        t = time.perf_counter()
+        pool.map(_io_one, jobs, chunksize=1)
+        return time.perf_counter() - t
+
+
 def _label(mode: str, overlap: int, overlaps: list[int], io: str, ios: list[str]) -> str:
     """Row name of a farm run (overlap and io shown only when several are compared)."""
     return (
@@ -271,6 +290,12 @@ def main() -> None:
                     note += f", {summary.mean_attempts:.2f} attempts/song"
                 rows.append((name, str(gpus), summary.seconds, note))
                 breakdown.append((name, gpus, steps))
+        if cuda:
+            out = tmp / "io-only"
+            out.mkdir()
+            t = io_all_cores(paths, out)
+            rows.append((f"file I/O only, {os.cpu_count()} processes", "-", t, "read + write"))
+            shutil.rmtree(out)
         if cuda and not args.no_pedalboard:
             out = tmp / "pedalboard"
             out.mkdir()
@@ -304,6 +329,11 @@ def main() -> None:
                     continue
                 eff = by[(name, str(g0))] * g0 / (by[(name, str(g))] * g)
                 print(f"scaling efficiency {name} {g0} -> {g} GPUs: {100 * eff:.0f} %")
+        ceiling = [t for n, _, t, _ in rows if n.startswith("file I/O only")]
+        for name in names:
+            for g in gpu_counts:
+                share = ceiling[0] / by[(name, str(g))]
+                print(f"{name} on {g} GPUs: {100 * share:.0f} % of the file-I/O-only throughput")
         pb = [t for n, _, t, _ in rows if n.startswith("pedalboard")]
         if pb:
             for name in names:
