@@ -98,6 +98,16 @@ def test_memoized_tables_give_the_same_output_as_fresh_ones():
     np.testing.assert_allclose(torch.cat(parts, -1).numpy(), ss.sosfilt(LOW_HP, x), atol=1e-9)
 
 
+def test_memo_keeps_a_float64_design_for_float64_signals():
+    """float32 coefficients filter a float32 signal in float32, a float64 signal in float64:
+    the memo does not hand the float32 design to the float64 call."""
+    sos32 = torch.from_numpy(LOW_HP).float()
+    x = torch.from_numpy(RNG.standard_normal((1, 1, 20_000)))
+    sosfilt(x.float(), sos32)  # memoizes the float32 design
+    kept = sosfilt(x, sos32)
+    assert torch.equal(kept, sosfilt(x, sos32.clone()))
+
+
 def test_memo_follows_in_place_changes_of_the_coefficients():
     sos = torch.from_numpy(LOW_HP.copy())
     x = torch.from_numpy(RNG.standard_normal((1, 1, 5000)))

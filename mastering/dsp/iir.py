@@ -317,11 +317,9 @@ def sosfilt(
         ``y`` with the broadcast shape of ``x``, or ``(y, state)``.
     """
     memo = _memo_for(sos)
-    A, B, C, D = _cached(
-        memo,
-        "statespace",
-        lambda: sos_to_statespace(sos.to(torch.float64) if sos.dtype != x.dtype else sos),
-    )
+    # Designed in the signal's dtype when the coefficients share it, else in float64.
+    design = sos.dtype if sos.dtype == x.dtype else torch.float64
+    A, B, C, D = _cached(memo, ("statespace", design), lambda: sos_to_statespace(sos.to(design)))
     y, final = statespace_filter(
         x, A, B, C, D, state, block=block, memo=None if memo is None else memo.setdefault(block, {})
     )
