@@ -126,3 +126,13 @@ def test_coefficients_that_want_gradients_get_them_on_every_call():
         (g,) = torch.autograd.grad(sosfilt(x, sos).square().sum(), sos)
         grads.append(g)
     assert torch.equal(grads[0], grads[1]) and grads[0].abs().sum() > 0
+
+
+def test_tables_made_in_inference_mode_do_not_break_a_later_backward():
+    sos = torch.from_numpy(BANDPASS.copy())
+    x = torch.from_numpy(RNG.standard_normal((1, 1, 3000)))
+    with torch.inference_mode():
+        sosfilt(x, sos)
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(sosfilt(xg, sos).square().sum(), xg)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0

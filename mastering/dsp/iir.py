@@ -49,9 +49,10 @@ Memo = dict[Any, Any]
 
 
 def _memo_for(sos: Tensor) -> Memo | None:
-    """The table memo of ``sos``, or ``None`` when its tables must be rebuilt on every call
-    (``sos`` requires gradients, so the tables must be part of the autograd graph)."""
-    if sos.requires_grad:
+    """The table memo of ``sos``, or ``None`` when its tables must be rebuilt on every call:
+    ``sos`` requires gradients (the tables must be part of the autograd graph), or inference
+    mode is on (tables made there could not be used later by a call that records gradients)."""
+    if sos.requires_grad or torch.is_inference_mode_enabled():
         return None
     entry = _MEMO.get(sos)
     if entry is None or entry["version"] != sos._version:
