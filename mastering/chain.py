@@ -14,7 +14,6 @@ only trims the level to the loudness target, re-limiting at the same ceiling whe
 
 from __future__ import annotations
 
-import functools
 import importlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from torch import Tensor, nn
 
 from mastering import features
 from mastering.conditioning import Conditioning, ConditioningBatch, ConditioningEncoder
+from mastering.dsp._util import cached_constant
 from mastering.dsp.biquad import highpass_sos
 from mastering.dsp.iir import sosfilt
 from mastering.errors import InvalidAudioError, InvalidParameterError
@@ -458,7 +458,7 @@ def _dc_blocker(like: Tensor) -> Tensor:
     return _dc_blocker_on(like.device)
 
 
-@functools.lru_cache(maxsize=8)
+@cached_constant
 def _dc_blocker_on(device: torch.device) -> Tensor:
     """One read-only tensor per device, so the IIR engine builds its tables once."""
     f = torch.tensor(DC_CUTOFF_HZ, dtype=torch.float64)

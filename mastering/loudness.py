@@ -46,7 +46,6 @@ float64. Gradients flow through :func:`ungated_loudness` (the intended training 
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mastering.dsp._util import cached_constant
 from mastering.dsp.block_energy import sosfilt_block_energy
 from mastering.dsp.iir import sosfilt
 from mastering.dsp.resample import full_fp32_precision, max_abs_oversampled
@@ -153,7 +153,7 @@ def k_weighting_sos(
     return torch.tensor(rows, dtype=torch.float64).to(dtype=dtype, device=device)
 
 
-@functools.lru_cache(maxsize=16)
+@cached_constant
 def _k_weighting_on(sample_rate: float, dtype: torch.dtype, device: torch.device) -> Tensor:
     """:func:`k_weighting_sos` as one tensor per rate, dtype and device, so that the IIR
     engine's tables for it are built once (see :mod:`mastering.dsp.iir`). Read-only."""

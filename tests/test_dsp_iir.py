@@ -136,3 +136,14 @@ def test_tables_made_in_inference_mode_do_not_break_a_later_backward():
     xg = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(sosfilt(xg, sos).square().sum(), xg)
     assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_a_fixed_design_first_built_in_inference_mode_serves_a_later_backward():
+    from mastering.loudness import _k_weighting_on, ungated_loudness
+
+    with torch.inference_mode():
+        k = _k_weighting_on(32_000, torch.float64, torch.device("cpu"))
+    assert not k.is_inference()
+    x = torch.from_numpy(RNG.standard_normal((1, 2, 32_000))).requires_grad_(True)
+    (g,) = torch.autograd.grad(ungated_loudness(x, 32_000).sum(), x)
+    assert torch.isfinite(g).all()

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 TensorLike = Tensor | float | int
+
+
+def cached_constant(build: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Memoize a function that builds a constant tensor (a fixed filter design per device,
+    say) from hashable arguments: one tensor per arguments, so the IIR engine's table memo
+    (keyed by the tensor) hits too. Built outside inference mode, so a tensor first asked for
+    there still serves calls that record gradients later. Callers must not modify it."""
+    cached = functools.lru_cache(maxsize=16)(build)
+
+    @functools.wraps(build)
+    def constant(*args: object) -> Tensor:
+        with torch.inference_mode(False):
+            return cached(*args)
+
+    return constant
 
 
 def common_float_options(*values: TensorLike) -> tuple[torch.dtype, torch.device]:

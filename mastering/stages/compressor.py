@@ -24,7 +24,6 @@ No look-ahead: latency 0.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, ClassVar
 
 import torch
@@ -33,6 +32,7 @@ from torch import Tensor, nn
 
 from mastering import SAMPLE_RATE
 from mastering.conditioning import ConditioningEncoder
+from mastering.dsp._util import cached_constant
 from mastering.dsp.biquad import BUTTERWORTH_Q, highpass_sos
 from mastering.dsp.dynamics import (
     active_frames,
@@ -75,7 +75,7 @@ def _sidechain_sos(like: Tensor) -> Tensor:
     return _sidechain_sos_on(like.device)
 
 
-@functools.lru_cache(maxsize=8)
+@cached_constant
 def _sidechain_sos_on(device: torch.device) -> Tensor:
     """One read-only tensor per device, so the IIR engine builds its tables once."""
     return (
