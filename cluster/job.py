@@ -108,7 +108,8 @@ class RenderConfig:
         io: where the first worker decodes and the last writes: ``threads`` (default) in
             their own process, or ``tasks``: Ray tasks of one CPU each in the worker's bundle
             (:mod:`actors.io_tasks`; the worker keeps one of ``cpus_per_group``, which must be
-            at least 2), so file work never holds the GIL the device thread needs. On 4×H200
+            at least 2), so file work never holds the GIL the device thread needs; meant for
+            GPU workers (a CPU worker's chain then runs on its one CPU). On 4×H200
             ``tasks`` was 30-40 % faster on 1 GPU and ~35 % slower on 4, where every song
             crossing the node's object store twice (~140 MB) was the limit.
         cpu_pipelines: pipelines when ``gpus == 0``.
