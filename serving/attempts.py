@@ -125,6 +125,9 @@ class ReplicaScores:
             )
             if same:
                 return job.evaluation
+            if job.encoded is not None:
+                # The master stayed on the device (encoded there): nothing here to score.
+                raise RuntimeError("cannot score a master encoded on the stage group's device")
         self.rescored += 1
         if self._local is None:
             self._local = Evaluator()

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -38,6 +39,7 @@ from mastering.conditioning import Conditioning, ConditioningBatch
 from mastering.errors import InvalidParameterError
 from mastering.evaluation import Evaluation
 from mastering.stages.base import FRAME_HOP, Params
+from serving.codec import device_frames
 
 #: Adapter name meaning "the shipped chain, no adapter".
 DEFAULT_ADAPTER = "default"
@@ -74,6 +76,10 @@ class SongJob:
         conditioning_used: resolved genre, tempo (BPM), energy and vocal ratio (0..1).
         group_seconds: seconds each group spent on the batch holding this song.
         batch_sizes: size of the tensor batch this song was in, per group.
+        encode: the output format the master may be encoded in on the last group's device
+            (:data:`serving.codec.DEVICE_FORMATS`; ``None``: not asked).
+        encoded: the master's encoded data (uint8, :func:`serving.codec.device_data`) when
+            the last group encoded it; ``audio`` then stays ``None``.
     """
 
     adapter: str
@@ -95,6 +101,8 @@ class SongJob:
     conditioning_used: dict[str, Any] = field(default_factory=dict)
     group_seconds: list[float] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
+    encode: str | None = None
+    encoded: np.ndarray | None = None
 
     def chain_key(self) -> tuple[str, float, float, str]:
         """Songs with equal keys can share one tensor batch."""
@@ -120,20 +128,29 @@ class SongJob:
             mono=self.mono,
             measure_input=measure_input,
             score=score,
+            encode=self.encode,
         )
 
     def output(self, config: ChainConfig) -> ChainOutput:
         """The finished attempt as a batch-1 :class:`ChainOutput` of a chain configured by
         ``config`` (what ``Chain.forward`` would have returned for this song alone)."""
-        if self.audio is None or self.cond is None:
+        if (self.audio is None and self.encoded is None) or self.cond is None:
             raise InvalidParameterError("the song has not been through the last stage group")
+        audio = self.audio if self.audio is not None else self.encoded_stand_in()
         return ChainOutput(
-            audio=self.audio.unsqueeze(0),
+            audio=audio.unsqueeze(0),
             params=self.params,
             cond=self.cond,
             info={k: [v] for k, v in self.info.items()},
             config=config,
         )
+
+    def encoded_stand_in(self) -> Tensor:
+        """What stands for the master in :meth:`output` when it came back encoded: a
+        ``[2, frames]`` NaN view of one value (no memory). The retry loop only passes it back
+        to :class:`serving.attempts.ReplicaScores`, which recognises it; anything that read it
+        as audio would get NaN, which the encoder refuses, never silence."""
+        return torch.full((1, 1), float("nan")).expand(2, device_frames(self.encoded, 2))
 
 
 def merge_states(states: list[ChainState]) -> ChainState:

@@ -7,6 +7,12 @@ Masters are encoded in memory (:func:`encode_bytes`): the answer is a byte strin
 atomic file write of :func:`mastering.io.write_audio` (temporary file, ``fsync``, rename, then
 reading the file back) is skipped; at 48 kHz the bytes equal that function's file (tested).
 Measured on a 30 s clip, 2-core CPU: file write + read back 54 ms, in memory 12-30 ms.
+
+Formats of :data:`DEVICE_FORMATS` (undithered 24-bit WAV) can instead be encoded where the
+master is, by the last stage group (:func:`device_data`, on its GPU): the group sends back the
+WAV data (8.6 MB for 30 s, against 11.5 MB of float32) and the ingress only prepends the
+header (:func:`device_bytes`), with the same bytes as :func:`encode_bytes`. On the H100 host
+:func:`encode_bytes` took 39 ms of the ingress's time per 30 s request.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import soundfile as sf
 import torch
 
 from mastering import SAMPLE_RATE
+from mastering.audio.wav_pcm import PCM24_BYTES, pcm24_data, wav24_bytes
 from mastering.audio.write import (
     DEFAULT_DITHER_SEED,
     WRITE_BLOCK_FRAMES,
@@ -28,11 +35,13 @@ from mastering.audio.write import (
     WriteFormat,
     quantize,
 )
-from mastering.errors import InvalidAudioError
+from mastering.errors import InvalidAudioError, InvalidParameterError
 from mastering.io import AudioInfo, read_audio, write_audio
 from mastering.loudness import LoudnessReport, measure
 from mastering.render import FORMATS, summary
 
+#: Output formats the last stage group can encode on its device (:func:`device_data`).
+DEVICE_FORMATS = frozenset({"wav24"})
 #: Media type of each output format.
 MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
 #: Bytes per streamed block.
@@ -78,6 +87,31 @@ def encode_bytes(audio: torch.Tensor, fmt: str, out_rate: int, folder: Path) -> 
         else:
             f.write(pcm_samples(frames, spec))
     return buffer.getvalue()
+
+
+def device_data(master: torch.Tensor, fmt: str) -> np.ndarray | None:
+    """The WAV data of ``master [2, samples]`` (48 kHz) in format ``fmt`` of
+    :data:`DEVICE_FORMATS`, computed on the master's device and returned as a host uint8
+    array; ``None`` when the master has NaN or Inf samples (the ingress's encoder then names
+    the problem)."""
+    if fmt not in DEVICE_FORMATS:
+        raise InvalidParameterError(f"format {fmt!r} is not encoded on the device")
+    if not bool(torch.isfinite(master).all()):
+        return None
+    return pcm24_data(master).cpu().numpy()
+
+
+def device_frames(data: np.ndarray, channels: int) -> int:
+    """Frames of :func:`device_data`'s ``data`` of ``channels`` channels."""
+    return data.size // (channels * PCM24_BYTES)
+
+
+def device_bytes(data: np.ndarray, fmt: str, channels: int = 2) -> bytes:
+    """The file of format ``fmt`` at 48 kHz whose data :func:`device_data` made (the bytes
+    :func:`encode_bytes` gives for the same master)."""
+    if fmt not in DEVICE_FORMATS:
+        raise InvalidParameterError(f"format {fmt!r} is not encoded on the device")
+    return wav24_bytes(memoryview(data), channels, SAMPLE_RATE)
 
 
 def pcm_samples(frames: np.ndarray, spec: WriteFormat) -> np.ndarray:

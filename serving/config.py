@@ -93,6 +93,10 @@ class ServingConfig:
             where a batch costs little more than one song (measured on an H200: 10.7 against
             4.6 requests/s for 30 s clips from 8 clients), not on CPUs, where batching does
             not pay (1.3 against 2.3 requests/s for 5 s clips).
+        encode_on_device: the last stage group encodes masters asked for in
+            :data:`serving.codec.DEVICE_FORMATS` (24-bit WAV at the source's 48 kHz) on its
+            device and sends back only their WAV data; ``None``: on GPUs only (see
+            :class:`serving.runner.GroupRunner`).
         min_replicas, max_replicas: autoscaling range of every deployment.
         target_ongoing_requests: autoscaling target per replica.
         health_check_period_s: how often Serve checks replicas, seconds (a killed replica is
@@ -139,6 +143,7 @@ class ServingConfig:
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.0
     batch_while_busy: bool | None = None
+    encode_on_device: bool | None = None
     min_replicas: int = 1
     max_replicas: int = 2
     target_ongoing_requests: float = 8.0
@@ -289,6 +294,7 @@ def build_app(config: ServingConfig):
                 config.batch_wait_timeout_s,
                 config.adapter_dir,
                 config.batch_while_busy,
+                config.encode_on_device,
             )
         )
     ingress = Ingress.options(

@@ -29,6 +29,7 @@ class DirectMaster:
         max_attempts_limit: the most attempts a request may ask for.
         genre_folder: the folder whose genre adapters master requests that name no adapter
             (its adapters must be found by name: ``LACQUER_ADAPTER_DIR``).
+        encode_on_device: see :class:`serving.config.ServingConfig` (``None``: on GPUs).
     """
 
     def __init__(
@@ -37,12 +38,13 @@ class DirectMaster:
         policy: RetryPolicy | None = None,
         max_attempts_limit: int = 4,
         genre_folder: str | None = None,
+        encode_on_device: bool | None = None,
     ):
         self.device = device
         self.genre_folder = genre_folder
         self.policy = policy or serve_retry_policy()
         self.max_attempts_limit = max_attempts_limit
-        self.runner = GroupRunner(DEFAULT_ORDER, first=True, last=True, device=device)
+        self.runner = GroupRunner(DEFAULT_ORDER, True, True, device, encode_on_device)
         self._chains: dict[str, Chain] = {}
 
     def chain(self, adapter: str) -> Chain:

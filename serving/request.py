@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from mastering import SAMPLE_RATE
 from mastering.chain import Chain, ChainConfig
 from mastering.conditioning import Conditioning
 from mastering.errors import InvalidParameterError
@@ -27,7 +28,15 @@ from mastering.retry import RetryPolicy
 from serving.api import MasterParams
 from serving.attempts import Send, SongResult, master_song
 from serving.batch import DEFAULT_ADAPTER, SongJob
-from serving.codec import decode, encode_bytes, header_measures, media_type, source_info
+from serving.codec import (
+    DEVICE_FORMATS,
+    decode,
+    device_bytes,
+    encode_bytes,
+    header_measures,
+    media_type,
+    source_info,
+)
 from serving.models import check_adapter, genre_adapter
 
 
@@ -109,6 +118,8 @@ def master_upload(
     song = song_job(params, genre_folder)
     audio, info = decode(path)
     song.mono = info.channels == 1
+    if params.format in DEVICE_FORMATS and info.sample_rate == SAMPLE_RATE and not series:
+        song.encode = params.format  # the plot series need the master's samples here
     t_decode = time.perf_counter()
     result = master_song(chain_for(song.adapter), send, song, audio, policy)
     t_chain = time.perf_counter()
@@ -118,7 +129,10 @@ def master_upload(
         from serving.studio import studio_series
 
         plots = studio_series(audio, master, song.mono)
-    data = encode_bytes(master, params.format, info.sample_rate, path.parent)
+    if result.job.encoded is not None:
+        data = device_bytes(result.job.encoded, params.format)
+    else:
+        data = encode_bytes(master, params.format, info.sample_rate, path.parent)
     t_end = time.perf_counter()
     seconds = {
         "decode": round(t_decode - t0, 4),
@@ -128,6 +142,7 @@ def master_upload(
         "total": round(t_end - t0, 4),
     }
     header, report = reports(filename, params, song, result, source_info(info), seconds)
+    header["encoded_on_device"] = report["encoded_on_device"] = result.job.encoded is not None
     report["series"] = plots
     if genre_folder is not None and params.adapter is None and song.adapter != DEFAULT_ADAPTER:
         # The genre adapter of the folder (a promoted version is named v0001, v0002...).

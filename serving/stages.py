@@ -42,7 +42,7 @@ class StageGroup:
         max_batch_size: songs per dynamic batch. batch_wait_timeout_s: seconds a batch
             waits to fill.
         adapter_dir: folder of user style adapters (``None``: the environment's).
-        batch_while_busy: see :class:`serving.config.ServingConfig`.
+        batch_while_busy, encode_on_device: see :class:`serving.config.ServingConfig`.
     """
 
     def __init__(
@@ -55,10 +55,11 @@ class StageGroup:
         batch_wait_timeout_s: float = 0.0,
         adapter_dir: str | None = None,
         batch_while_busy: bool | None = None,
+        encode_on_device: bool | None = None,
     ):
         wire.install()
         use_adapter_dir(adapter_dir)
-        self.runner = GroupRunner(stages, first, last, device)
+        self.runner = GroupRunner(stages, first, last, device, encode_on_device)
         self.device = device
         self.name = self.runner.name
         self.run_batch.set_max_batch_size(max_batch_size)

@@ -94,6 +94,7 @@ def served(ray_cluster, tmp_path_factory):
         max_batch_size=1,
         stage_max_ongoing_requests=1,
         max_replicas=1,
+        encode_on_device=True,  # the GPU default, here on a CPU worker
     )
     try:
         main_url, tiny_url = deploy(main, tiny)
@@ -336,6 +337,34 @@ def test_fused_app_retries_and_matches_the_in_process_path(served, clips, tmp_pa
         [(a["number"], a["best"]) for a in attempts] + [(1, True)]
     )
     assert {round(r["score"], 2) for r in rows} >= {round(a["score"], 2) for a in attempts}
+
+
+def test_masters_encoded_by_the_stage_group_are_the_in_process_masters(served, clips, tmp_path):
+    """The tiny app's chain replica encodes 24-bit masters itself and sends back only their
+    WAV data (two attempts, the retry loop on stand-ins): a valid file of the in-process
+    master's samples, within float noise (the replica runs one torch thread)."""
+    from serving.api import MasterParams
+    from serving.direct import DirectMaster
+
+    src = clips["a"].read_bytes()
+    r = requests.post(
+        f"{served['tiny']}/v1/master",
+        data=src,
+        params={"genre": "rock"},
+        headers={"Content-Type": "audio/wav"},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    header = json.loads(r.headers["X-Lacquer-Report"])
+    assert header["encoded_on_device"] and header["format"] == "wav24"
+    assert len(header["attempts"]) == 2 and header["evaluation"]["of"] == 2
+    local = tmp_path / "a.wav"
+    local.write_bytes(src)
+    ref = DirectMaster(policy=TINY_RETRY).master(local, MasterParams(genre="rock"))
+    assert not ref.header["encoded_on_device"]  # on CPU the ingress encodes by default
+    assert len(r.content) == len(ref.data) and r.content[:44] == ref.data[:44]
+    got, want = decode_body(r.content)[0], decode_body(ref.data)[0]
+    assert got.shape == (2, 3 * 48_000) and np.max(np.abs(got - want)) < 1e-4
 
 
 def test_split_app_retries_across_stage_groups(served, clips):

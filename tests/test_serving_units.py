@@ -326,3 +326,77 @@ def test_replica_death_is_found_through_serve_wrappers():
     wrapped.__cause__ = died
     assert replica_died(died) and replica_died(wrapped)
     assert not replica_died(InvalidParameterError("unknown genre"))
+
+
+def _upload(tmp_path, name: str, x: torch.Tensor, rate: int = 48_000):
+    import soundfile as sf
+
+    path = tmp_path / name
+    sf.write(path, x.T.numpy(), rate, subtype="PCM_24")
+    return path
+
+
+@pytest.mark.parametrize("retry", [False, True])
+def test_masters_encoded_on_the_device_are_the_ingress_encoders_bytes(retry, tmp_path):
+    """With ``encode_on_device`` the last group sends back the master's 24-bit WAV data and
+    the answer is the same file the ingress's encoder makes (one attempt, and two with
+    retry, where the retry loop handles stand-ins); other formats, other rates and the
+    studio's full report keep the samples."""
+    from serving.direct import DirectMaster
+
+    policy = RetryPolicy(threshold=100.0, max_attempts=2)  # always two attempts
+    on = DirectMaster(policy=policy, encode_on_device=True)
+    off = DirectMaster(policy=policy, encode_on_device=False)
+    path = _upload(tmp_path, "a.wav", music_like(1.5, seed=12))
+    params = MasterParams(genre="pop", retry=retry)
+    got, want = on.master(path, params), off.master(path, params)
+    assert got.header["encoded_on_device"] and not want.header["encoded_on_device"]
+    assert got.data == want.data
+    assert len(got.header["attempts"]) == (2 if retry else 1)
+    assert got.report["rescored"] == 0
+
+    at44 = _upload(tmp_path, "b.wav", music_like(1.5, seed=12), 44_100)
+    for case, src, p in (
+        ("wav32f", path, MasterParams(genre="pop", format="wav32f", retry=retry)),
+        ("44.1 kHz", at44, MasterParams(genre="pop", retry=retry)),
+    ):
+        a, b = on.master(src, p), off.master(src, p)
+        assert not a.header["encoded_on_device"], case
+        # Samples, not bytes: libsndfile stamps float WAVs with the time (PEAK chunk).
+        assert np.array_equal(_samples(a.data), _samples(b.data)), case
+
+
+def _samples(data: bytes) -> np.ndarray:
+    import io
+
+    import soundfile as sf
+
+    return sf.read(io.BytesIO(data), dtype="float32")[0]
+
+
+def test_a_nan_master_is_not_encoded_on_the_device():
+    from serving.codec import device_data
+
+    x = torch.zeros(2, 100)
+    assert device_data(x, "wav24").size == 600
+    x[1, 7] = float("nan")
+    assert device_data(x, "wav24") is None
+    with pytest.raises(InvalidParameterError, match="not encoded on the device"):
+        device_data(x, "wav16")
+
+
+def test_an_encoded_attempt_stands_in_as_nan_and_is_never_rescored(chain):
+    """The finished job's output carries a NaN view of the master's shape (no memory), and
+    the caller's scorer refuses it rather than score it."""
+    from serving.attempts import PipelineChain, ReplicaScores
+
+    runner = GroupRunner(DEFAULT_ORDER, True, True, encode=True)
+    song = SongJob("default", -14.0, -1.0, Conditioning(genre="pop"), None, encode="wav24")
+    pipeline = PipelineChain(chain, lambda job: runner.run(chain, [job]) or job, song)
+    out = pipeline(music_like(1.0, seed=3).unsqueeze(0), Conditioning(genre="pop"))
+    assert out.audio.shape == (1, 2, 48_000) and torch.isnan(out.audio).all()
+    assert out.audio.untyped_storage().nbytes() == 4
+    scores = ReplicaScores(pipeline)
+    assert scores(out.audio, ["pop"], target_lufs=-14.0, ceiling_dbtp=-1.0) is not None
+    with pytest.raises(RuntimeError, match="encoded on the stage group"):
+        scores(out.audio.clone(), ["pop"], target_lufs=-14.0, ceiling_dbtp=-1.0)

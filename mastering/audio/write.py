@@ -179,12 +179,15 @@ def quantize_tensor(x: torch.Tensor, bits: int = 24) -> torch.Tensor:
     """What :func:`quantize` (no dither) gives, computed where ``x`` is (on a GPU, say), so
     only the encoding is left to the host: ``x [..., samples]`` float, full scale 1.0 ->
     int32 with the ``bits``-bit integer in its top bits (libsndfile's 24-bit input), clipped.
-    Bit-identical to :func:`quantize` (float64 scaling, round half to even). ``x`` must be
-    finite (the caller checks: NaN has no integer)."""
+    Bit-identical to :func:`quantize` (round half to even): the scale is a power of two, so
+    ``x * 2**23`` is exact in float32 as in float64 and float32 input is scaled in float32
+    (a third of the time on a CPU). ``x`` must be finite (the caller checks: NaN has no
+    integer)."""
     if bits != 24:
         raise InvalidParameterError(f"quantize_tensor supports 24 bits, got {bits}")
     scale = float(2 ** (bits - 1))
-    q = torch.round(x.to(torch.float64) * scale).clamp_(-scale, scale - 1.0)
+    work = x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
+    q = torch.round(work * scale).clamp_(-scale, scale - 1.0)
     return q.to(torch.int32).bitwise_left_shift_(32 - bits)
 
 
