@@ -666,3 +666,28 @@ def test_prequantized_samples_must_fit_the_format(tmp_path):
             write_audio(tmp_path / "x.wav", q, **kwargs)
         assert "x.wav" in str(err.value)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("container", ["WAV", "FLAC", "AIFF"])
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24"])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_integer_pcm_reads_as_libsndfiles_floats(tmp_path, container, subtype, channels):
+    """16/24-bit PCM decoded as integers and scaled here gives libsndfile's own floats, bit
+    for bit: both extremes, every block boundary, mono duplicated, both read paths."""
+    from mastering.audio.read import BLOCK_FRAMES, INTEGER_READS
+
+    bits = 16 if subtype == "PCM_16" else 24
+    rng = np.random.default_rng(bits + channels)
+    n = BLOCK_FRAMES * 2 + 777
+    ints = rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), (n, channels))
+    ints[:2] = [[-(2 ** (bits - 1))] * channels, [2 ** (bits - 1) - 1] * channels]
+    path = tmp_path / f"x.{container.lower()}"
+    sf.write(path, (ints << (32 - bits)).astype(np.int32), 48_000, subtype, format=container)
+    assert subtype in INTEGER_READS
+    want, _ = sf.read(path, dtype="float32", always_2d=True)
+    want = np.repeat(want, 2, axis=1) if channels == 1 else want
+    got, info = read_audio(path)
+    assert info.subtype == subtype
+    assert got.dtype == torch.float32 and np.array_equal(got.numpy(), want.T)
+    blocks = torch.cat(list(iter_audio_blocks(path, block_frames=10_000)), dim=1)
+    assert np.array_equal(blocks.numpy(), want.T)

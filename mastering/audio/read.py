@@ -14,6 +14,11 @@ Truncation policy (libsndfile alone would silently return what is left):
   count; a shortfall is accepted.
 * An Ogg stream cut exactly at a page boundary declares its shorter length and cannot be told
   from a shorter file.
+
+16- and 24-bit PCM (:data:`INTEGER_READS`) is decoded as integers and scaled to float here:
+libsndfile's own conversion gives the same floats (``k / 2**(bits-1)``, exact in float32;
+tested) but took 6 ms of the 8.5 ms a 30 s 16-bit WAV took to read, against 0.8 ms to read
+its integers (2-core CPU).
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ from mastering.errors import AudioReadError, InvalidAudioError, InvalidParameter
 #: Frames decoded per block (64 Ki frames: 512 KiB per stereo float32 block).
 BLOCK_FRAMES = 65_536
 RESAMPLE_QUALITY = "VHQ"
+#: libsndfile subtypes decoded as integers: the integer type it returns them in, and the scale
+#: to full scale 1.0 (24-bit samples come left-aligned in int32).
+INTEGER_READS = {"PCM_16": ("int16", 2.0**-15), "PCM_24": ("int32", 2.0**-31)}
 
 
 def read_audio(
@@ -112,7 +120,8 @@ def _stereo_chunks(info: AudioInfo, target_rate: int) -> Iterator[np.ndarray]:
     decoded = 0
     with open_sound_file(info.path) as f:
         for block in _decoded_blocks(f, info):
-            _check_finite(block, info, decoded)
+            if info.subtype not in INTEGER_READS:  # integers are always finite
+                _check_finite(block, info, decoded)
             decoded += len(block)
             stereo = fold_to_stereo(block)
             yield stereo if resampler is None else resampler.resample_chunk(stereo)
@@ -128,11 +137,19 @@ def _make_resampler(in_rate: int, out_rate: int) -> soxr.ResampleStream | None:
 
 
 def _decoded_blocks(f: sf.SoundFile, info: AudioInfo) -> Iterator[np.ndarray]:
-    """Yields float32 ``[n, channels]`` views of one reused buffer until the file ends."""
+    """Yields float32 ``[n, channels]`` views of one reused buffer until the file ends
+    (:data:`INTEGER_READS` subtypes read as integers, then scaled into it)."""
     buffer = np.empty((BLOCK_FRAMES, info.channels), dtype=np.float32)
+    integer = INTEGER_READS.get(info.subtype)
+    raw = None if integer is None else np.empty(buffer.shape, dtype=integer[0])
     decoded = 0
     while True:
-        block = _read_block(f, buffer, info, decoded)
+        if raw is None:
+            block = _read_block(f, buffer, info, decoded)
+        else:
+            ints = _read_block(f, raw, info, decoded)
+            block = buffer[: len(ints)]
+            np.multiply(ints, np.float32(integer[1]), out=block, dtype=np.float32)
         if len(block) == 0:
             return
         decoded += len(block)
